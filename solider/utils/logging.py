@@ -1,0 +1,34 @@
+"""Process-aware logging: one format everywhere, quiet on non-main processes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_FORMAT = "[%(asctime)s %(levelname)s %(name)s] %(message)s"
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)
+
+
+def setup_logging(is_main_process: bool = True, level: int = logging.INFO) -> None:
+    """Configure the root logger once; other ranks only report warnings and errors."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_solider", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+        handler._solider = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level if is_main_process else logging.WARNING)
+
+
+def log_skipped(logger: logging.Logger, what: str, paths: list, total: int | None = None,
+                show: int = 5) -> None:
+    """Report skipped inputs with a count and the first few paths (never skip silently)."""
+    if not paths:
+        return
+    count = total if total is not None else len(paths)
+    shown = ", ".join(str(p) for p in paths[:show])
+    more = f" (and {count - show} more)" if count > show else ""
+    logger.warning("skipped %d %s: %s%s", count, what, shown, more)
