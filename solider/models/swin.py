@@ -1,0 +1,426 @@
+"""Swin Transformer in the mmseg layout used by SOLIDER, with the semantic controller.
+
+Computes what the official SOLIDER ``swin_transformer.py`` computes (see
+docs/reference/solider.md §0-1 and docs/BACKBONE.md), with the official module names so that
+official checkpoints load key for key:
+
+* patch embedding: 4×4/4 conv after zero padding of the bottom/right image border when the size is
+  not a multiple of 4, then LayerNorm;
+* window attention: the token map is zero padded bottom/right to a multiple of the window *before*
+  the cyclic shift; windows stay ``window_size`` even on smaller maps; the shift mask (-100 between
+  different regions) is built on the padded map; padded tokens are not masked out of non-shifted
+  windows (they are keys and values like any other token);
+* patch merging: odd maps padded bottom/right, then the 2×2 neighbourhood concatenated in
+  ``nn.Unfold`` order (index ``c * 4 + kh * 2 + kw``), LayerNorm(4C), Linear(4C → 2C, no bias);
+* semantic controller: λ enters as ``[λ, 1 - λ]``; after the patch merging of stages 0-2 the tokens
+  become ``x * softplus(W_w [λ, 1-λ] + b_w) + (W_b [λ, 1-λ] + b_b)``. A fourth Linear pair exists
+  (key parity) but, as in the official model, has no effect.
+
+Internally tokens are kept as (B, H, W, C) maps; the outputs are (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import DropPath, trunc_normal_
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "swin_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "swin_small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
+    "swin_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7),
+}
+_ARCH_KEYS = {"embed_dim", "depths", "num_heads", "window_size"}
+# The official shift mask adds -100 (not -inf) between tokens of different regions; kept for parity.
+SHIFT_MASK_VALUE = -100.0
+
+
+def relative_position_index(window_size: int) -> Tensor:
+    """Index into the (2w-1)² bias table for every (query, key) pair of a window: (w², w²) int64."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
+                                        indexing="ij")).flatten(1)  # (2, w²)
+    delta = coords[:, :, None] - coords[:, None, :] + (window_size - 1)  # (2, w², w²), in [0, 2w-2]
+    return delta[0] * (2 * window_size - 1) + delta[1]
+
+
+def shift_window_mask(height: int, width: int, window_size: int, shift: int, device: torch.device) -> Tensor:
+    """Additive SW-MSA mask of a padded (height, width) map: (num_windows, w², w²), 0 or -100.
+
+    After the cyclic shift by ``shift``, the last ``window_size`` rows (columns) hold tokens of
+    three regions: [.., -w), [-w, -shift), [-shift, ..); tokens attend only within their region.
+    """
+    def region(size: int) -> Tensor:
+        pos = torch.arange(size, device=device)
+        return (pos >= size - window_size).long() + (pos >= size - shift).long()
+
+    ids = region(height)[:, None] * 3 + region(width)[None, :]  # (H, W)
+    ids = rearrange(ids, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window_size, ww=window_size)
+    mask = torch.zeros(ids.shape[0], ids.shape[1], ids.shape[1], device=device)
+    return mask.masked_fill(ids[:, :, None] != ids[:, None, :], SHIFT_MASK_VALUE)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: (B, 3, H, W) -> (B, ceil(H/p), ceil(W/p), C)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.projection = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad_h, pad_w = (-x.shape[2]) % self.patch_size, (-x.shape[3]) % self.patch_size
+        if pad_h or pad_w:  # "corner" padding: bottom/right only
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.norm(self.projection(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """2×2 merging in ``nn.Unfold`` channel order: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        x = rearrange(x, "b (h kh) (w kw) c -> b h w (c kh kw)", kh=2, kw=2)
+        return self.reduction(self.norm(x))
+
+
+class WindowMSA(nn.Module):
+    """Multi-head self-attention inside windows with a relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        # Zeros: what the official pretraining starts from (its init_weights is never called).
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def attention_bias(self, num_windows: int, shift_mask: Tensor | None) -> Tensor:
+        """Relative position bias (+ shift mask) for every (window, head): (nW * nH, N, N)."""
+        n = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (nH, N, N)
+        if shift_mask is None:
+            bias = bias.expand(num_windows, -1, -1, -1)
+        else:
+            bias = bias + shift_mask[:, None]
+        return bias.reshape(num_windows * self.num_heads, n, n)
+
+    def forward(self, windows: Tensor, shift_mask: Tensor | None = None) -> Tensor:
+        """Attention in every window.
+
+        Args:
+            windows: (B, nW, N, C) tokens, N = window_size².
+            shift_mask: (nW, N, N) additive mask of shifted windows, or None.
+
+        Returns:
+            (B, nW, N, C).
+        """
+        b, nw, n, c = windows.shape
+        qkv = self.qkv(windows).view(b, nw, n, 3, self.num_heads, c // self.num_heads)
+        # Windows and heads share SDPA's "head" axis so that the (nW * nH, N, N) bias broadcasts
+        # over the batch without being materialised per sample.
+        q, k, v = rearrange(qkv, "b w n t h d -> t b (w h) n d").unbind(0)
+        bias = self.attention_bias(nw, shift_mask).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        out = rearrange(out, "b (w h) n d -> b w n (h d)", w=nw)
+        return self.proj_drop(self.proj(out))
+
+
+class ShiftWindowMSA(nn.Module):
+    """(Shifted) window attention on a (B, H, W, C) map, mmseg style: pad, then shift."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.w_msa = WindowMSA(dim, num_heads, window_size, qkv_bias, attn_drop, proj_drop)
+
+    def forward(self, x: Tensor, shift_mask: Tensor | None) -> Tensor:
+        """x: (B, H, W, C); shift_mask: (nW, N, N) of the padded map (used when shifting)."""
+        h, w = x.shape[1], x.shape[2]
+        ws, s = self.window_size, self.shift_size
+        pad_b, pad_r = (-h) % ws, (-w) % ws
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+        hp = x.shape[1]
+        windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=ws, ww=ws)
+        windows = self.w_msa(windows, shift_mask if s else None)
+        x = rearrange(windows, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=hp // ws, wh=ws)
+        if s:
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        if pad_b or pad_r:
+            x = x[:, :h, :w].contiguous()
+        return x
+
+
+class FFN(nn.Module):
+    """Linear-GELU-Dropout-Linear-Dropout, named ``layers.0.0`` / ``layers.1`` as in mmcv."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(drop)),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(drop),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm block: x + DropPath(attn(norm1 x)), then x + DropPath(ffn(norm2 x))."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ShiftWindowMSA(dim, num_heads, window_size, window_size // 2 if shift else 0,
+                                   qkv_bias, attn_drop, drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = FFN(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, shift_mask: Tensor | None) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), shift_mask))
+        return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+class SwinStage(nn.Module):
+    """Blocks (even: plain windows, odd: shifted) and an optional patch merging at the end."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, drop_paths: Sequence[float],
+                 downsample: bool, **block_kw: Any):
+        super().__init__()
+        self.window_size = window_size
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, shift=i % 2 == 1, drop_path=drop_paths[i], **block_kw)
+            for i in range(depth))
+        self.downsample = PatchMerging(dim) if downsample else None
+        self.use_checkpoint = False
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, H, W, C) -> (stage output before merging, merged map (or the output if none))."""
+        ws = self.window_size
+        hp, wp = x.shape[1] + (-x.shape[1]) % ws, x.shape[2] + (-x.shape[2]) % ws
+        mask = shift_window_mask(hp, wp, ws, ws // 2, x.device) if len(self.blocks) > 1 else None
+        for block in self.blocks:
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+def _as_lambda_vector(lam: float | Tensor, like: Tensor) -> Tensor:
+    """λ (float, 0-d, (B,) or already (B, 2)) -> controller input [λ, 1 - λ]: (B, 2) float32.
+
+    ``like`` is any (B, 1) tensor of the batch; building from it keeps the batch size symbolic
+    (no Python control flow on it), so ONNX export keeps a dynamic batch axis.
+    """
+    if not isinstance(lam, Tensor):
+        lam = torch.full_like(like, float(lam), dtype=torch.float32)
+    else:
+        lam = lam.to(device=like.device, dtype=torch.float32)
+        if lam.ndim == 2 and lam.shape[1] == 2:
+            return lam
+        if lam.ndim > 1:
+            raise ValueError(f"semantic_weight of shape {tuple(lam.shape)}: expected a float, (B,) or (B, 2)")
+        lam = lam.reshape(-1, 1).expand_as(like) if lam.ndim == 0 else lam.reshape(-1, 1)
+    return torch.cat([lam, 1.0 - lam], dim=1)
+
+
+class SwinTransformer(nn.Module):
+    """Swin backbone returning four normalised stage maps, with the SOLIDER semantic controller.
+
+    Args:
+        embed_dim: channels of stage 0 (doubling each stage).
+        depths: blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: attention window (7 for all released models), never shrunk to the map.
+        in_chans: input channels.
+        patch_size: patch embedding stride and kernel.
+        mlp_ratio: FFN hidden width / channels.
+        qkv_bias: bias in the qkv projection.
+        drop_rate: dropout after the patch embedding, attention projection and FFN.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth, linearly increasing from 0 over all blocks to this value.
+        semantic_weight: default λ of the controller; a negative value builds a plain Swin without it.
+        use_checkpoint: gradient checkpointing per block (saves memory, same outputs).
+        weight_init: ``"solider"`` (what the official pretraining starts from: PyTorch defaults,
+            relative position tables zero, controller trunc-normal .02 with zero bias) or
+            ``"trunc_normal"`` (every Linear and the position tables trunc-normal .02, biases 0).
+        img_size: nominal input (H, W), kept for export and benchmarks; any size works.
+    """
+
+    def __init__(self, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
+                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, *, in_chans: int = 3,
+                 patch_size: int = 4, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, semantic_weight: float = 0.0,
+                 use_checkpoint: bool = False, weight_init: str = "solider",
+                 img_size: Sequence[int] = (256, 128)):
+        super().__init__()
+        if len(depths) != len(num_heads) or len(depths) < 2:
+            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)}: "
+                             "need equal lengths >= 2")
+        self.arch = dict(embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(num_heads),
+                         window_size=window_size)
+        self.img_size = tuple(img_size)
+        self.semantic_weight = float(semantic_weight)
+        n = len(depths)
+        self.num_features = [embed_dim * 2**i for i in range(n)]
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        self.drop_after_pos = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(n + 1)]
+        self.stages = nn.ModuleList(
+            SwinStage(self.num_features[i], depths[i], num_heads[i], window_size,
+                      dpr[starts[i]:starts[i + 1]], downsample=i < n - 1, mlp_ratio=mlp_ratio,
+                      qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate)
+            for i in range(n))
+        for i, dim in enumerate(self.num_features):
+            self.add_module(f"norm{i}", nn.LayerNorm(dim))
+        self.semantic_embed_w: nn.ModuleList | None = None
+        self.semantic_embed_b: nn.ModuleList | None = None
+        if self.semantic_weight >= 0:
+            # Pair i modulates the input of stage i+1; the last pair has no stage after it (dead; kept
+            # for key parity).
+            widths = [self.num_features[min(i + 1, n - 1)] for i in range(n)]
+            self.semantic_embed_w = nn.ModuleList(nn.Linear(2, c) for c in widths)
+            self.semantic_embed_b = nn.ModuleList(nn.Linear(2, c) for c in widths)
+        self.init_weights(weight_init)
+        self.set_grad_checkpointing(use_checkpoint)
+
+    @torch.no_grad()
+    def init_weights(self, mode: str = "solider") -> None:
+        """(Re-)initialise the parameters; see the class docstring for the two ``mode`` values."""
+        if mode not in ("solider", "trunc_normal"):
+            raise ValueError(f"weight_init={mode!r}: expected 'solider' or 'trunc_normal'")
+        for name, module in self.named_modules():
+            is_controller = name.startswith("semantic_embed")
+            if isinstance(module, nn.Linear) and (is_controller or mode == "trunc_normal"):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, WindowMSA):
+                if mode == "trunc_normal":
+                    trunc_normal_(module.relative_position_bias_table, std=0.02)
+                else:
+                    nn.init.zeros_(module.relative_position_bias_table)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations."""
+        for stage in self.stages:
+            stage.use_checkpoint = enable
+
+    def controller_input(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> Tensor | None:
+        """[λ, 1-λ] per sample: (B, 2), or None for a model without controller."""
+        if self.semantic_embed_w is None:
+            if semantic_weight is not None:
+                raise ValueError("semantic_weight was given, but this Swin was built without the semantic "
+                                 "controller (constructor semantic_weight < 0)")
+            return None
+        lam = self.semantic_weight if semantic_weight is None else semantic_weight
+        return _as_lambda_vector(lam, x[:, :1, 0, 0]).to(self.semantic_embed_w[0].weight.dtype)
+
+    def forward_stages(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> list[Tensor]:
+        """Stage outputs before their output norm: list of (B, H_i, W_i, C_i) (channels last)."""
+        film = self.controller_input(x, semantic_weight)
+        tokens = self.drop_after_pos(self.patch_embed(x))
+        outs = []
+        for i, stage in enumerate(self.stages):
+            out, tokens = stage(tokens)
+            if film is not None and i < len(self.stages) - 1:
+                scale = F.softplus(self.semantic_embed_w[i](film))[:, None, None, :]
+                tokens = tokens * scale + self.semantic_embed_b[i](film)[:, None, None, :]
+            outs.append(out)
+        return outs
+
+    def forward_features(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> list[Tensor]:
+        """Normalised stage maps.
+
+        Args:
+            x: (B, 3, H, W) images.
+            semantic_weight: λ as a float or a (B,) tensor (or (B, 2) already [λ, 1-λ]);
+                None uses the constructor value.
+
+        Returns:
+            [(B, C_i, H_i, W_i) for each stage], normalised by ``norm0..norm3``.
+        """
+        outs = self.forward_stages(x, semantic_weight)
+        return [getattr(self, f"norm{i}")(o).permute(0, 3, 1, 2).contiguous() for i, o in enumerate(outs)]
+
+    def forward(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> Tensor:
+        """Average-pooled last normalised map: (B, 3, H, W) -> (B, num_features[-1]).
+
+        Only the last output norm runs here, so norm0..norm2 get no gradient from this output.
+        """
+        last = self.forward_stages(x, semantic_weight)[-1]
+        return getattr(self, f"norm{len(self.stages) - 1}")(last).mean(dim=(1, 2))
+
+
+def resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``"swin_tiny" | "swin_small" | "swin_base"`` or a dict {embed_dim, depths, num_heads, window_size}."""
+    if isinstance(arch, str):
+        if arch not in ARCHS:
+            raise ValueError(f"unknown Swin arch {arch!r}; expected one of {sorted(ARCHS)} or a dict with "
+                             f"keys {sorted(_ARCH_KEYS)}")
+        return dict(ARCHS[arch])
+    missing, unknown = _ARCH_KEYS - set(arch), set(arch) - _ARCH_KEYS
+    if missing or unknown:
+        raise ValueError(f"custom Swin arch {dict(arch)}: missing keys {sorted(missing)}, unknown keys "
+                         f"{sorted(unknown)}; expected exactly {sorted(_ARCH_KEYS)}")
+    return dict(embed_dim=int(arch["embed_dim"]), depths=tuple(int(d) for d in arch["depths"]),
+                num_heads=tuple(int(h) for h in arch["num_heads"]), window_size=int(arch["window_size"]))
+
+
+def arch_name(arch: Mapping[str, Any]) -> str:
+    """"swin_tiny" etc. for a released layout, else a compact description of the dims."""
+    dims = resolve_arch(arch)
+    for name, ref in ARCHS.items():
+        if dims == {**ref, "depths": tuple(ref["depths"]), "num_heads": tuple(ref["num_heads"])}:
+            return name
+    return "custom Swin (embed_dim={embed_dim}, depths={depths}, num_heads={num_heads}, " \
+           "window_size={window_size})".format(**dims)
+
+
+def build_swin(arch: str | Mapping[str, Any], img_size: Sequence[int] = (256, 128),
+               semantic_weight: float = 0.0, drop_path_rate: float = 0.0, **kw: Any) -> SwinTransformer:
+    """Build a SOLIDER Swin.
+
+    Args:
+        arch: ``"swin_tiny" | "swin_small" | "swin_base"`` or {embed_dim, depths, num_heads, window_size}.
+        img_size: nominal input (H, W) (no effect on the weights: any size runs).
+        semantic_weight: default λ; negative builds a plain Swin without the controller.
+        drop_path_rate: stochastic depth of the last block.
+        **kw: further :class:`SwinTransformer` options (drop_rate, attn_drop_rate, use_checkpoint,
+            weight_init, mlp_ratio, qkv_bias, in_chans, patch_size).
+    """
+    return SwinTransformer(**resolve_arch(arch), img_size=img_size, semantic_weight=semantic_weight,
+                           drop_path_rate=drop_path_rate, **kw)
