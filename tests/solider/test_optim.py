@@ -1,0 +1,130 @@
+"""Parameter groups, scheduled optimizer values, gradient clipping and the EMA teacher update."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from solider.models.heads import DINOHead
+from solider.optim import (
+    clip_gradients,
+    decay_parameter_names,
+    ema_update_,
+    param_groups,
+    set_optimizer_values,
+)
+
+
+class TinyStudent(nn.Module):
+    """Names like the Swin student: a 2-D bias table, norms, a buffer, a DINO head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6)
+        self.relative_position_bias_table = nn.Parameter(torch.randn(9, 2))
+        self.register_buffer("relative_position_index", torch.arange(9))
+        self.head = DINOHead(6, out_dim=5, hidden_dim=8, bottleneck_dim=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.proj(x)) + self.relative_position_bias_table.sum())
+
+
+def test_decay_rule_names():
+    decayed, not_decayed = decay_parameter_names(TinyStudent())
+    assert decayed == ["relative_position_bias_table", "proj.weight", "head.mlp.0.weight",
+                       "head.mlp.2.weight", "head.mlp.4.weight", "head.last_layer.weight_v"]
+    assert not_decayed == ["proj.bias", "norm.weight", "norm.bias", "head.mlp.0.bias", "head.mlp.2.bias",
+                           "head.mlp.4.bias"]
+    # weight_g is frozen (norm_last_layer): in neither group
+
+
+def test_param_groups_and_scheduled_values():
+    model = TinyStudent()
+    groups = param_groups(model, weight_decay=0.04)
+    assert [g["regularized"] for g in groups] == [True, False]
+    assert groups[0]["weight_decay"] == 0.04 and groups[1]["weight_decay"] == 0.0
+    opt = torch.optim.AdamW(groups)
+    set_optimizer_values(opt, lr=1e-3, weight_decay=0.3)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.3, 0.0]
+    assert opt.state_dict()["param_groups"][0]["regularized"] is True  # survives checkpoints
+    with pytest.raises(ValueError, match="no trainable"):
+        param_groups(nn.Linear(2, 2).requires_grad_(False))
+    assert len(param_groups(nn.LayerNorm(3))) == 1  # empty groups are left out
+
+
+def _naive_per_param_clip(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    out = []
+    for g in grads:
+        norm = math.sqrt(sum(v * v for v in g.flatten().tolist()))
+        coef = max_norm / (norm + 1e-6)
+        out.append(g * coef if coef < 1 else g.clone())
+    return out
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 0.5, 3.0, 100.0])
+def test_per_param_clipping_matches_naive_loop(max_norm):
+    torch.manual_seed(0)
+    model = TinyStudent()
+    model(torch.randn(5, 4)).pow(2).sum().mul(50).backward()
+    with_grad = [p for p in model.parameters() if p.grad is not None]
+    before = [p.grad.clone() for p in with_grad]
+    expected = _naive_per_param_clip(before, max_norm)
+    norms = clip_gradients(model, max_norm)
+    torch.testing.assert_close(norms, torch.stack([g.norm() for g in before]))
+    for p, e in zip(with_grad, expected):
+        torch.testing.assert_close(p.grad, e)
+
+
+def test_global_clipping_and_disabled():
+    torch.manual_seed(1)
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2, 2))
+    a.grad, b.grad = torch.tensor([3.0, 0.0, 4.0]), torch.full((2, 2), 6.0)  # norms 5 and 12, total 13
+    norms = clip_gradients([a, b], 1.3, mode="global")
+    torch.testing.assert_close(norms, torch.tensor([5.0, 12.0]))
+    scale = 1.3 / (13 + 1e-6)
+    torch.testing.assert_close(a.grad, torch.tensor([3.0, 0.0, 4.0]) * scale)
+    torch.testing.assert_close(b.grad, torch.full((2, 2), 6.0) * scale)
+    clip_gradients([a, b], 0.0)  # disabled: untouched
+    torch.testing.assert_close(a.grad, torch.tensor([3.0, 0.0, 4.0]) * scale)
+    assert clip_gradients([nn.Parameter(torch.zeros(1))], 1.0).numel() == 0
+    with pytest.raises(ValueError, match="mode"):
+        clip_gradients([a], 1.0, mode="norm")
+
+
+def test_ema_exact_formula_and_buffers():
+    torch.manual_seed(2)
+    student, teacher = TinyStudent(), TinyStudent()
+    teacher.requires_grad_(False)
+    student.relative_position_index += 5
+    t_before = {n: p.clone() for n, p in teacher.named_parameters()}
+    m = 0.996
+    ema_update_(teacher, student, m)
+    for name, p in teacher.named_parameters():
+        s = dict(student.named_parameters())[name]
+        torch.testing.assert_close(p, m * t_before[name] + (1 - m) * s, rtol=0, atol=1e-7)
+    assert torch.equal(teacher.relative_position_index, student.relative_position_index)
+    ema_update_(teacher, student, 0.0)
+    for (_, p), (_, s) in zip(teacher.named_parameters(), student.named_parameters()):
+        assert torch.equal(p, s)
+    before = copy.deepcopy(teacher.state_dict())
+    ema_update_(teacher, student, 1.0)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_ema_name_mismatch_is_a_clear_error():
+    student, teacher = TinyStudent(), TinyStudent()
+    wrapped = nn.ModuleDict({"module": student})  # what a DDP wrapper's names look like
+    with pytest.raises(ValueError, match="unwrap_model"):
+        ema_update_(teacher, wrapped, 0.9)
+    extra = TinyStudent()
+    extra.part_head = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"only in student \['part_head.bias', 'part_head.weight'\]"):
+        ema_update_(teacher, extra, 0.9)
+    with pytest.raises(ValueError, match="momentum"):
+        ema_update_(teacher, student, 1.5)
