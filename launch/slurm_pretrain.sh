@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# SOLIDER pretraining on 2 nodes x 8 GPUs under SLURM (one task per node; accelerate starts the
+# 8 processes of each node). Submit with:  sbatch launch/slurm_pretrain.sh [key=value ...]
+#SBATCH --job-name=solider-pretrain
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=72:00:00
+#SBATCH --output=slurm-%j.out
+#SBATCH --requeue
+# A requeued job (pre-emption) resumes from the newest checkpoint because of resume=auto below.
+set -euo pipefail
+
+CONFIG=${CONFIG:-configs/pretrain/swin_tiny.yaml}
+OUTPUT_DIR=${OUTPUT_DIR:-runs/pretrain_swin_tiny}
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_PORT=${MASTER_PORT:-29500}
+
+srun --kill-on-bad-exit=1 bash -c "accelerate launch \
+    --config_file launch/accelerate/multi_node_2x8.yaml \
+    --num_machines $SLURM_NNODES --num_processes $((SLURM_NNODES * 8)) \
+    --machine_rank \$SLURM_NODEID \
+    --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT \
+    solider/pretrain.py --config $CONFIG output_dir=$OUTPUT_DIR resume=auto $*"

@@ -1,0 +1,157 @@
+"""The pretraining config schema: every key of ``solider/pretrain.py`` with its default and advice.
+
+Defaults reproduce the official SOLIDER recipe (``run_solider.sh``: Swin-T, 8 GPUs x 48 images,
+100 epochs, 256x128 + 8 x 128x64 crops, DINO defaults); ``configs/pretrain/*.yaml`` override them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from solider.config import ConfigError, opt, section
+
+
+@dataclass
+class ModelConfig:
+    arch: str = opt("swin_tiny", "swin_tiny | swin_small | swin_base | custom (then embed_dim, depths, "
+                                 "num_heads, window_size are used)")
+    embed_dim: int = opt(96, "custom arch only: channels of stage 0", gt=0)
+    depths: tuple[int, ...] = opt((2, 2, 6, 2), "custom arch only: blocks per stage")
+    num_heads: tuple[int, ...] = opt((3, 6, 12, 24), "custom arch only: attention heads per stage")
+    window_size: int = opt(7, "custom arch only: attention window (official: 7)", gt=0)
+    img_size: tuple[int, int] = opt((256, 128), "global crop height, width (official 256x128)")
+    local_size: tuple[int, int] = opt((128, 64), "local crop height, width (official 128x64)")
+    drop_path_rate: float = opt(0.1, "stochastic depth of the student (the teacher uses 0)", ge=0, lt=1)
+    use_checkpoint: bool = opt(False, "gradient checkpointing: less memory, ~30% slower")
+
+    def arch_spec(self) -> str | dict:
+        """What ``build_swin`` takes: a variant name or the custom dims."""
+        if self.arch != "custom":
+            return self.arch
+        return {"embed_dim": self.embed_dim, "depths": tuple(self.depths),
+                "num_heads": tuple(self.num_heads), "window_size": self.window_size}
+
+    def validate(self) -> None:
+        if self.arch == "custom" and len(self.depths) != len(self.num_heads):
+            raise ConfigError(f"model.depths {self.depths} and model.num_heads {self.num_heads} "
+                              "must have the same length")
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = opt(None, "folder tree of person crops or a list file; None = the synthetic "
+                                    "demo set, generated once into data.cache_dir")
+    keypoints: Optional[str] = opt(None, "keypoints file (COCO JSON, OpenPose CSV, JSONL); enables "
+                                         "keypoint part labels for the images it covers")
+    min_height: int = opt(0, "drop crops shorter than this (pixels)", ge=0)
+    max_aspect: float = opt(1.0, "drop crops with width/height >= this (person crops are tall)", gt=0)
+    num_workers: int = opt(4, "data loader processes per training process", ge=0)
+    cache_dir: str = opt(".cache/synthetic", "where the synthetic demo set is generated when root is None")
+    synthetic_ids: int = opt(60, "synthetic set: identities (train+test)", gt=1)
+    synthetic_images_per_camera: int = opt(4, "synthetic set: images per identity and camera", gt=0)
+
+
+@dataclass
+class AugmentConfig:
+    n_local: int = opt(8, "local crops per image (official 8)", ge=0)
+    global_scale: tuple[float, float] = opt((0.8, 1.0), "area range of global crops (official 0.8-1)")
+    local_scale: tuple[float, float] = opt((0.05, 0.8), "area range of local crops (official 0.05-0.8)")
+    ratio: tuple[float, float] = opt((0.4, 0.6), "aspect range w/h of the crops (0.4-0.6 for 256x128)")
+    mean: tuple[float, float, float] = opt((0.485, 0.456, 0.406), "normalisation mean (ImageNet)")
+    std: tuple[float, float, float] = opt((0.229, 0.224, 0.225), "normalisation std (ImageNet)")
+
+
+@dataclass
+class DinoConfig:
+    out_dim: int = opt(65536, "prototypes of the DINO head; large values suit large datasets", gt=0)
+    hidden_dim: int = opt(2048, "DINO head hidden width", gt=0)
+    bottleneck_dim: int = opt(256, "DINO head bottleneck before the weight-normalised layer", gt=0)
+    norm_last_layer: bool = opt(True, "freeze the norm of the last layer (stabler; DINO default)")
+    student_temp: float = opt(0.1, "student softmax temperature", gt=0)
+    teacher_temp: float = opt(0.04, "teacher temperature after warmup; above 0.07 tends to be unstable",
+                              gt=0)
+    warmup_teacher_temp: float = opt(0.04, "teacher temperature at step 0", gt=0)
+    warmup_teacher_temp_epochs: int = opt(0, "linear teacher-temperature warmup length", ge=0)
+    center_momentum: float = opt(0.9, "EMA of the teacher centre", ge=0, lt=1)
+    momentum_teacher: float = opt(0.996, "teacher EMA momentum at step 0 (cosine to 1); try 0.9995 for "
+                                         "batch 256 and smaller", ge=0, le=1)
+    freeze_last_layer_epochs: int = opt(1, "keep the head's last layer fixed this many epochs", ge=0)
+
+
+@dataclass
+class SemanticConfig:
+    enabled: bool = opt(True, "SOLIDER semantics (part labels, semantic loss, controller); false = DINO")
+    weight_mode: Literal["binary", "uniform"] = opt("binary", "lambda per image: {0,1} (official) or "
+                                                              "U[0,1]")
+    fixed_weight: Optional[float] = opt(None, "use this lambda for every image instead of sampling "
+                                              "(e.g. 0 for DINO-only runs with the controller)")
+    num_parts: int = opt(3, "body parts (3: upper / lower / feet; 3-5 supported)", ge=3, le=5)
+    label_source: Literal["auto", "keypoints", "clustering"] = opt(
+        "auto", "auto: keypoints where the image has them, clustering otherwise")
+    min_foreground: float = opt(0.5, "clustering: skip images whose foreground share is <= this",
+                                ge=0, le=1)
+    loss_weight: float = opt(1.0, "weight of the part-classification loss", ge=0)
+    masking: bool = opt(True, "add copies of the global crops with one part erased (official)")
+    train_part_head: bool = opt(True, "optimise the part head; false reproduces the official code, "
+                                      "which never adds it to the optimiser (SOLIDER#24)")
+    part_head_layers: int = opt(3, "MLP layers of the part head", ge=1)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(5e-4, "peak lr per 256 images; scaled by global batch / 256", gt=0)
+    min_lr: float = opt(1e-6, "final lr of the cosine", ge=0)
+    warmup_epochs: float = opt(10, "linear lr warmup from 0", ge=0)
+    weight_decay: float = opt(0.04, "weight decay at step 0 (cosine schedule)", ge=0)
+    weight_decay_end: float = opt(0.4, "weight decay at the last step", ge=0)
+    clip_grad: float = opt(3.0, "gradient clipping threshold; 0 disables", ge=0)
+    clip_mode: Literal["per_param", "global"] = opt("per_param", "DINO clips each parameter's norm")
+    betas: tuple[float, float] = opt((0.9, 0.999), "AdamW betas")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(100, "training epochs", gt=0)
+    batch_size: int = opt(48, "images per process (official: 48 on each of 8 GPUs)", gt=0)
+    max_steps: Optional[int] = opt(None, "stop after this many optimizer steps (smoke runs); schedules "
+                                         "still span train.epochs", gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt(
+        "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
+    compile: bool = opt(False, "torch.compile the student and teacher backbones")
+    log_every: int = opt(10, "steps between scalar logs", gt=0)
+    image_every: int = opt(500, "steps between crop/part-label images in TensorBoard; 0 disables", ge=0)
+    deterministic: bool = opt(False, "ask torch for deterministic kernels (CPU runs are exact anyway)")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = opt(1000, "steps between periodic checkpoints (last.pt is also written each epoch)",
+                           gt=0)
+    keep_last: int = opt(3, "periodic checkpoints kept", ge=1)
+
+
+@dataclass
+class MonitorConfig:
+    data_root: Optional[str] = opt(None, "Market-format root for a representation check of the teacher "
+                                         "(mAP / Rank-1 / k-NN); None = the synthetic set's test split "
+                                         "when pretraining on it, else off")
+    every_steps: int = opt(0, "steps between checks; 0 = at the end of each epoch only", ge=0)
+    batch_size: int = opt(64, "batch size of feature extraction", gt=0)
+    max_images: int = opt(2000, "cap on query+gallery images for a quick check", gt=0)
+
+
+@dataclass
+class PretrainConfig:
+    output_dir: str = opt("runs/pretrain", "checkpoints, config.yaml, log.jsonl, tb/")
+    seed: int = opt(0, "random seed (CPU runs repeat bit for bit)")
+    resume: Optional[str] = opt(None, "a checkpoint path, or auto for the newest in output_dir")
+    model: ModelConfig = section(ModelConfig, "backbone")
+    data: DataConfig = section(DataConfig, "unlabeled person crops")
+    augment: AugmentConfig = section(AugmentConfig, "multi-crop augmentation")
+    dino: DinoConfig = section(DinoConfig, "self-distillation")
+    semantic: SemanticConfig = section(SemanticConfig, "SOLIDER part labels and controller")
+    optim: OptimConfig = section(OptimConfig, "AdamW and schedules")
+    train: TrainConfig = section(TrainConfig, "loop")
+    checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoints")
+    monitor: MonitorConfig = section(MonitorConfig, "representation monitor")

@@ -1,0 +1,119 @@
+"""Training checkpoints: ``last.pt`` + periodic ``step_XXXXXXXX.pt``, atomic writes, resume=auto.
+
+A checkpoint is a dict of tensors and plain values (see DESIGN.md, "Run outputs"). Files are
+written through :func:`solider.checkpoint.atomic_save` (temp file + rename), so a crash during a
+save leaves the previous files intact; ``resume=auto`` picks the newest checkpoint that loads and
+says which corrupt ones it passed over.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from solider.checkpoint import atomic_save, safe_load
+from solider.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def _periodic_files(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the periodic checkpoints, newest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _STEP_FILE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """``path`` resolved, after checking that it lies inside ``root`` (writes never escape it)."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise ValueError(f"refusing to write {resolved}: outside the output folder {base}")
+    return resolved
+
+
+class CheckpointManager:
+    """Writes ``<output_dir>/checkpoints/{last.pt, step_XXXXXXXX.pt}`` and keeps the newest ``keep_last``
+    periodic files. Only the main process writes; call :meth:`save` on every process anyway."""
+
+    def __init__(self, output_dir: str | os.PathLike, keep_last: int = 3, is_main_process: bool = True):
+        self.directory = inside(Path(output_dir) / "checkpoints", output_dir)
+        self.keep_last = keep_last
+        self.is_main = is_main_process
+
+    def save(self, state: dict[str, Any], step: int, periodic: bool = False) -> Path | None:
+        """Save ``state`` as last.pt (and as a periodic file when ``periodic``); prune old ones."""
+        if not self.is_main:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # The periodic file first: if we die between the two writes, resume=auto still finds the
+        # newest state by comparing its step with last.pt's.
+        if periodic:
+            atomic_save(state, self.directory / f"step_{step:08d}.pt")
+            for _, old in _periodic_files(self.directory)[max(self.keep_last, 1):]:
+                old.unlink(missing_ok=True)
+        last = self.directory / "last.pt"
+        atomic_save(state, last)
+        return last
+
+    def save_named(self, state: dict[str, Any], name: str) -> Path | None:
+        """An extra named checkpoint (e.g. ``best.pt``), written atomically."""
+        if not self.is_main:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = inside(self.directory / name, self.directory)
+        atomic_save(state, path)
+        return path
+
+
+def _try_load(path: Path) -> dict | None:
+    try:
+        state = safe_load(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is passed over, and said so
+        logger.warning("checkpoint %s cannot be loaded (%s); trying an older one", path, exc)
+        return None
+    if not isinstance(state, dict) or "step" not in state:
+        logger.warning("checkpoint %s has no 'step' entry; not a training checkpoint", path)
+        return None
+    return state
+
+
+def load_resume_state(resume: str | None, output_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """Resolve ``resume`` (None, ``"auto"`` or a path) to ``(path, state)``.
+
+    ``auto`` looks in ``<output_dir>/checkpoints``: the newest of last.pt and the periodic files
+    that loads; None when there is nothing to resume (a fresh run). An explicit path must load.
+    """
+    if not resume:
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume={resume}: no such checkpoint file")
+        return path, safe_load(path)
+    directory = Path(output_dir) / "checkpoints"
+    last = directory / "last.pt"
+    best: tuple[Path, dict] | None = None
+    if last.is_file():
+        state = _try_load(last)
+        if state is not None:
+            best = (last, state)
+    for step, path in _periodic_files(directory):
+        if best is not None and step <= int(best[1]["step"]):
+            break
+        state = _try_load(path)
+        if state is not None:
+            best = (path, state)
+            break
+    if best is None and (last.is_file() or _periodic_files(directory)):
+        raise RuntimeError(f"resume=auto: no loadable checkpoint in {directory} (see warnings above)")
+    return best
