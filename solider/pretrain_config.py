@@ -7,7 +7,7 @@ Defaults reproduce the official SOLIDER recipe (``run_solider.sh``: Swin-T, 8 GP
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from solider.config import ConfigError, opt, section
 
@@ -40,9 +40,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = opt(None, "folder tree of person crops or a list file; None = the synthetic "
+    root: str | None = opt(None, "folder tree of person crops or a list file; None = the synthetic "
                                     "demo set, generated once into data.cache_dir")
-    keypoints: Optional[str] = opt(None, "keypoints file (COCO JSON, OpenPose CSV, JSONL); enables "
+    keypoints: str | None = opt(None, "keypoints file (COCO JSON, OpenPose CSV, JSONL); enables "
                                          "keypoint part labels for the images it covers")
     min_height: int = opt(0, "drop crops shorter than this (pixels)", ge=0)
     max_aspect: float = opt(1.0, "drop crops with width/height >= this (person crops are tall)", gt=0)
@@ -84,7 +84,7 @@ class SemanticConfig:
     enabled: bool = opt(True, "SOLIDER semantics (part labels, semantic loss, controller); false = DINO")
     weight_mode: Literal["binary", "uniform"] = opt("binary", "lambda per image: {0,1} (official) or "
                                                               "U[0,1]")
-    fixed_weight: Optional[float] = opt(None, "use this lambda for every image instead of sampling "
+    fixed_weight: float | None = opt(None, "use this lambda for every image instead of sampling "
                                               "(e.g. 0 for DINO-only runs with the controller)")
     num_parts: int = opt(3, "body parts (3: upper / lower / feet; 3-5 supported)", ge=3, le=5)
     label_source: Literal["auto", "keypoints", "clustering"] = opt(
@@ -114,7 +114,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = opt(100, "training epochs", gt=0)
     batch_size: int = opt(48, "images per process (official: 48 on each of 8 GPUs)", gt=0)
-    max_steps: Optional[int] = opt(None, "stop after this many optimizer steps (smoke runs); schedules "
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (smoke runs); schedules "
                                          "still span train.epochs", gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt(
         "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
@@ -133,7 +133,7 @@ class CheckpointConfig:
 
 @dataclass
 class MonitorConfig:
-    data_root: Optional[str] = opt(None, "Market-format root for a representation check of the teacher "
+    data_root: str | None = opt(None, "Market-format root for a representation check of the teacher "
                                          "(mAP / Rank-1 / k-NN); None = the synthetic set's test split "
                                          "when pretraining on it, else off")
     every_steps: int = opt(0, "steps between checks; 0 = at the end of each epoch only", ge=0)
@@ -145,7 +145,7 @@ class MonitorConfig:
 class PretrainConfig:
     output_dir: str = opt("runs/pretrain", "checkpoints, config.yaml, log.jsonl, tb/")
     seed: int = opt(0, "random seed (CPU runs repeat bit for bit)")
-    resume: Optional[str] = opt(None, "a checkpoint path, or auto for the newest in output_dir")
+    resume: str | None = opt(None, "a checkpoint path, or auto for the newest in output_dir")
     model: ModelConfig = section(ModelConfig, "backbone")
     data: DataConfig = section(DataConfig, "unlabeled person crops")
     augment: AugmentConfig = section(AugmentConfig, "multi-crop augmentation")

@@ -1,13 +1,24 @@
 """Strict typed config: YAML + dotted overrides, closest-key suggestions, coercion, round trip."""
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import yaml
 
-from solider.config import (ConfigError, build_arg_parser, config_from_args, config_from_dict,
-                            describe, flat_keys, load_config, opt, save_config, section, to_dict)
+from solider.config import (
+    ConfigError,
+    build_arg_parser,
+    config_from_args,
+    config_from_dict,
+    describe,
+    flat_keys,
+    load_config,
+    opt,
+    save_config,
+    section,
+    to_dict,
+)
 
 
 @dataclass
@@ -28,7 +39,7 @@ class ModelSection:
 class Schema:
     output_dir: str = opt("runs/x", "where outputs go")
     seed: int = opt(0, "random seed")
-    resume: Optional[str] = opt(None, "a checkpoint path or 'auto'")
+    resume: str | None = opt(None, "a checkpoint path or 'auto'")
     use_fp16: bool = opt(False, "half precision")
     tags: list[str] = opt([], "free-form tags")
     optim: OptimSection = section(OptimSection, "optimizer")
