@@ -294,7 +294,7 @@ class SwinTransformer(nn.Module):
         self.num_features = [embed_dim * 2**i for i in range(n)]
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.drop_after_pos = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(n + 1)]
         self.stages = nn.ModuleList(
             SwinStage(self.num_features[i], depths[i], num_heads[i], window_size,
