@@ -86,8 +86,9 @@ def to_crop_major(per_image: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- clustering
 
-def _foreground_by_norm(norms: torch.Tensor) -> torch.Tensor:
-    """Exact 1-D 2-means on (B, N) values; returns the high-centre cluster as a (B, N) bool mask.
+def _foreground_by_norm(norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact 1-D 2-means on (B, N) values: the high-centre cluster as a (B, N) bool mask, and
+    (B,) whether the values differ at all (a constant map has no foreground).
 
     In 1-D the optimal 2-clustering is a threshold on the sorted values, so every split is
     scored with prefix sums (float64) and the best one kept: the global optimum that
@@ -102,7 +103,7 @@ def _foreground_by_norm(norms: torch.Tensor) -> torch.Tensor:
     sse_high = hi2 - hi1 ** 2 / (n - left)
     split = (sse_low + sse_high).argmin(dim=1, keepdim=True) + 1           # first index of the high cluster
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=norms.device).expand_as(order))
-    return rank >= split
+    return rank >= split, values[:, -1] > values[:, 0]
 
 
 def _sample_index(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -221,9 +222,9 @@ def cluster_part_labels(feature_map: torch.Tensor, num_parts: int = 3, min_foreg
     x = feature_map.detach().float().flatten(2).transpose(1, 2)            # (B, N, C), row-major tokens
     finite = torch.isfinite(x).all(dim=2).all(dim=1)                          # NaN/inf maps -> invalid
     x = torch.where(finite[:, None, None], x, torch.zeros_like(x))
-    fg = _foreground_by_norm(x.norm(dim=2))
+    fg, separable = _foreground_by_norm(x.norm(dim=2))
     count = fg.sum(1)
-    valid = finite & (count > min_foreground * h * w) & (count >= num_parts)
+    valid = finite & separable & (count > min_foreground * h * w) & (count >= num_parts)
     # Invalid images are clustered over all tokens (and discarded) so shapes stay static: no
     # data-dependent indexing, no host sync besides the convergence checks.
     mask = fg | ~valid[:, None]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from solider.models.heads import DINOHead
+from solider.dino import DINOLoss
+from solider.models.heads import DINOHead, cancel_last_layer_gradients
 from solider.optim import (
     clip_gradients,
     decay_parameter_names,
@@ -17,6 +18,7 @@ from solider.optim import (
     param_groups,
     set_optimizer_values,
 )
+from solider.schedules import cosine_schedule
 
 
 class TinyStudent(nn.Module):
@@ -128,3 +130,37 @@ def test_ema_name_mismatch_is_a_clear_error():
         ema_update_(teacher, extra, 0.9)
     with pytest.raises(ValueError, match="momentum"):
         ema_update_(teacher, student, 1.5)
+
+
+def test_one_dino_step_in_the_documented_order():
+    """The loop order the training script follows: teacher (no grad) -> student -> loss (center
+    update) -> backward -> clip -> cancel last layer -> step -> EMA, with per-step schedules."""
+    torch.manual_seed(3)
+    student = nn.Sequential(nn.Linear(4, 6), DINOHead(6, out_dim=16, hidden_dim=8, bottleneck_dim=4))
+    teacher = copy.deepcopy(student).requires_grad_(False)
+    optimizer = torch.optim.AdamW(param_groups(student, weight_decay=0.04))
+    lr, wd = cosine_schedule(1e-2, 1e-4, 10, warmup_steps=2), cosine_schedule(0.04, 0.4, 10)
+    momentum = cosine_schedule(0.996, 1.0, 10)
+    dino_loss = DINOLoss(16)
+    global_crops, local_crops = torch.randn(2 * 3, 4), torch.randn(4 * 3, 4)   # crop-major, B = 3
+    step, epoch = 1, 0
+    last_layer_before = student[1].last_layer.weight_v.clone()
+    teacher_before = copy.deepcopy(teacher.state_dict())
+
+    set_optimizer_values(optimizer, lr=lr[step], weight_decay=wd[step])
+    with torch.no_grad():
+        teacher_out = teacher(global_crops)
+    student_out = student(torch.cat([global_crops, local_crops]))
+    out = dino_loss(student_out, teacher_out, step)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    norms = clip_gradients(student, 3.0)
+    cancel_last_layer_gradients(student, epoch, freeze_last_layer_epochs=1)
+    optimizer.step()
+    ema_update_(teacher, student, momentum[step])
+
+    assert torch.isfinite(out.loss) and norms.numel() > 0
+    assert torch.equal(student[1].last_layer.weight_v, last_layer_before)      # frozen in epoch 0
+    assert not torch.equal(student[0].weight, teacher_before["0.weight"])
+    assert not torch.equal(teacher.state_dict()["0.weight"], teacher_before["0.weight"])
+    assert float(dino_loss.center.abs().sum()) > 0

@@ -120,8 +120,9 @@ def test_deterministic_dtype_and_bad_inputs():
     assert torch.equal(bf16_labels, torch.from_numpy(truth))
     broken = x.clone()
     broken[2, 0, 0, 0] = float("nan")
+    broken[3] = 1.0                                            # constant map: no foreground
     labels, valid = cluster_part_labels(broken)
-    assert valid.tolist() == [True, True, False, True] and int(labels[2].abs().sum()) == 0
+    assert valid.tolist() == [True, True, False, False] and int(labels[2:].abs().sum()) == 0
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         cluster_part_labels(x[0])
     with pytest.raises(ValueError, match="num_parts"):
