@@ -1,0 +1,129 @@
+"""Multi-crop augmentation speed: ours vs the plain torchvision/PIL pipeline, one worker, one thread.
+
+The reference is built the way DINO and lightly build it (PIL ``RandomResizedCrop`` + ``ColorJitter`` +
+``RandomGrayscale`` + ``ImageFilter.GaussianBlur`` + ``ImageOps.solarize`` + ``ToTensor`` +
+``Normalize``) with the SOLIDER settings (2 x 256x128 + 8 x 128x64). Both decode the JPEG file each
+time (as a DataLoader worker would). The two pipelines alternate in rounds so that load from other
+processes affects both alike; the ratio of the totals is printed.
+
+    python benchmarks/bench_augment.py [--images DIR] [--n 200] [--rounds 3]
+
+Uses the cuhk03 subset of the shared data when present, else synthetic JPEGs written to a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision.transforms as T
+from PIL import Image, ImageFilter, ImageOps
+
+from solider.data.images import is_image_file, load_image_tensor
+from solider.data.multicrop import MultiCropTransform
+from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _PILBlur:
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() <= self.p:
+            return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+        return img
+
+
+class _PILSolarize:
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+def reference_pipeline() -> callable:
+    """The DINO-style PIL pipeline with SOLIDER's crop settings."""
+    jitter = T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
+    flip_jitter = T.Compose([T.RandomHorizontalFlip(), jitter, T.RandomGrayscale(0.2)])
+    norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def crop(size, scale):
+        return T.RandomResizedCrop(size, scale=scale, ratio=(0.4, 0.6),
+                                   interpolation=T.InterpolationMode.BICUBIC)
+
+    g1 = T.Compose([crop((256, 128), (0.8, 1.0)), flip_jitter, _PILBlur(1.0), norm])
+    g2 = T.Compose([crop((256, 128), (0.8, 1.0)), flip_jitter, _PILBlur(0.1), _PILSolarize(0.2), norm])
+    loc = T.Compose([crop((128, 64), (0.05, 0.8)), flip_jitter, _PILBlur(0.5), norm])
+
+    def run(path: str) -> list[torch.Tensor]:
+        img = Image.open(path).convert("RGB")
+        return [g1(img), g2(img)] + [loc(img) for _ in range(8)]
+    return run
+
+
+def ours_pipeline() -> callable:
+    transform = MultiCropTransform()
+
+    def run(path: str) -> dict:
+        return transform(load_image_tensor(path).pixels)
+    return run
+
+
+def find_images(arg: str | None, n: int) -> list[str]:
+    shared = ROOT.parent / "shared/data/cuhk03-detected-subset/bounding_box_train"
+    candidates = [Path(arg)] if arg else [shared]
+    for folder in candidates:
+        if folder.is_dir():
+            files = sorted(str(p) for p in folder.iterdir() if is_image_file(p.name))[:n]
+            if files:
+                print(f"images: {len(files)} real JPEGs from {folder}")
+                return files
+    from solider.data.synthetic import generate_market_dataset
+    out = Path(tempfile.mkdtemp(prefix="bench_augment_"))
+    generate_market_dataset(out, ids=max(4, n // 8), cameras=2, images_per_camera=4, seed=0)
+    files = sorted(str(p) for p in (out / "bounding_box_train").iterdir())[:n]
+    print(f"images: {len(files)} synthetic JPEGs in {out}")
+    return files
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", help="folder of JPEG person crops")
+    parser.add_argument("--n", type=int, default=200, help="images per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    random.seed(0)
+    paths = find_images(args.images, args.n)
+    pipelines = {"torchvision/PIL reference": reference_pipeline(), "ours (solider.data)": ours_pipeline()}
+    totals = dict.fromkeys(pipelines, 0.0)
+    for run in pipelines.values():  # warm-up
+        for p in paths[:10]:
+            run(p)
+    for _ in range(args.rounds):
+        for name, run in pipelines.items():
+            start = time.perf_counter()
+            for p in paths:
+                run(p)
+            totals[name] += time.perf_counter() - start
+    count = len(paths) * args.rounds
+    print(f"multi-crop (2 x 256x128 + 8 x 128x64), 1 thread, {count} images per pipeline")
+    for name, total in totals.items():
+        print(f"  {name:<28} {count / total:8.1f} images/s  ({1e3 * total / count:.2f} ms/image)")
+    ratio = totals["torchvision/PIL reference"] / totals["ours (solider.data)"]
+    print(f"speed-up: {ratio:.2f}x")
+    return ratio
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

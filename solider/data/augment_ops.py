@@ -1,0 +1,192 @@
+"""Batched photometric augmentations on float tensors (N, 3, H, W) in [0, 1], one parameter per sample.
+
+Same maths as ``torchvision.transforms.v2.functional`` on tensors (``adjust_brightness``,
+``adjust_contrast``, ``adjust_saturation``, ``adjust_hue``, ``rgb_to_grayscale``, ``gaussian_blur``
+with reflect padding and kernel size 2*ceil(3*sigma)+1), checked against it in the tests. What makes
+them fast is doing a whole group of crops per call, avoiding the slow paths of CPU torch
+(``torch.where`` and index_put on small tensors, ``max`` with indices, grouped ``conv2d``), and
+touching only the samples an operation applies to (contiguous spans, no gathers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 1, H, W) luma."""
+    r, g, b = x.unbind(1)
+    return (r * GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of each sample by ``shift`` (N,) turns; returns a new (N, 3, H, W) tensor.
+
+    Uses out_c = V - C * clamp(min(k, 4 - k), 0, 1) with k = (n_c + 6 H) mod 6, n = (5, 3, 1) for
+    (R, G, B): the HSV -> RGB map without branches (V = max, C = max - min are kept by a hue shift).
+    """
+    r, g, b = x.unbind(1)
+    v, mn = x.amax(1), x.amin(1)
+    c = v - mn
+    inv_c = c.clamp_min(1e-12).reciprocal_()  # grey pixels (c = 0): any hue works, c multiplies it
+    is_r = (v == r).float()
+    is_g = (v == g).float().mul_(1 - is_r)
+    is_b = (1 - is_r).sub_(is_g)
+    hue6 = is_r * (g - b) + is_g * ((b - r) + 2 * c) + is_b * ((r - g) + 4 * c)
+    hue6 = hue6.mul_(inv_c).add_(6 * shift.view(-1, 1, 1))
+    k = _HUE_OFFSETS + hue6.unsqueeze(1)
+    k = k.sub_(torch.floor(k * (1 / 6)).mul_(6))
+    w = torch.minimum(k, 4 - k).clamp_(0, 1)
+    return v.unsqueeze(1) - c.unsqueeze(1) * w
+
+
+def _span(mask: torch.Tensor) -> slice | None:
+    """Smallest slice covering the True entries of a 1-D mask (None if there are none)."""
+    idx = mask.nonzero()
+    if idx.numel() == 0:
+        return None
+    return slice(int(idx[0]), int(idx[-1]) + 1)
+
+
+@dataclass
+class JitterParams:
+    """Per-sample colour-jitter draws, as torchvision's ColorJitter inside RandomApply makes them."""
+
+    apply: torch.Tensor  # (N,) bool
+    factors: torch.Tensor  # (N, 4): brightness, contrast, saturation factors; hue shift
+    order: torch.Tensor  # (N, 4) long: a permutation of the four operations per sample
+
+
+def _hue_positions(apply: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(N,) step at which each sample's hue shift happens (0..3), 4 when jitter is not applied."""
+    pos = torch.where(order == HUE, torch.arange(4), 4).amin(1)
+    return torch.where(apply, pos, 4)
+
+
+def sample_jitter(n: int, p: float, brightness: float, contrast: float, saturation: float,
+                  hue: float) -> JitterParams:
+    """Draw jitter parameters for ``n`` samples from the global torch RNG.
+
+    The rows are i.i.d., so they are returned sorted by the step of their hue shift: then
+    ``color_jitter`` needs no gather (the sort does not change the distribution of any sample).
+    """
+    apply = torch.rand(n) < p
+    lo = torch.tensor([max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue])
+    hi = torch.tensor([1 + brightness, 1 + contrast, 1 + saturation, hue])
+    factors = lo + (hi - lo) * torch.rand(n, 4)
+    order = torch.argsort(torch.rand(n, 4), dim=1)
+    perm = torch.argsort(_hue_positions(apply, order), stable=True)
+    return JitterParams(apply[perm], factors[perm], order[perm])
+
+
+def color_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue in each sample's own random order (clamped after each).
+
+    Every hue step must act on one contiguous slice of samples: parameters from ``sample_jitter`` are
+    sorted that way; others are handled by sorting the batch (two gathers). The cheap steps run with
+    identity factors (exact no-ops) on samples in their span that do not use them.
+
+    Args:
+        x: (N, 3, H, W) float in [0, 1]; may be modified in place.
+        params: from ``sample_jitter``.
+
+    Returns:
+        (N, 3, H, W) jittered tensor.
+    """
+    n = x.shape[0]
+    op_at = torch.where(params.apply.view(-1, 1), params.order, -1)  # (N, 4): op per position
+    hue_pos = _hue_positions(params.apply, params.order)
+    perm = torch.argsort(hue_pos, stable=True)
+    sorted_ok = bool((perm == torch.arange(n)).all())
+    if not sorted_ok:
+        x, op_at, hue_pos = x[perm], op_at[perm], hue_pos[perm]
+    factors = params.factors if sorted_ok else params.factors[perm]
+    for pos in range(4):
+        col = op_at[:, pos]
+        for op in (BRIGHTNESS, CONTRAST, SATURATION):
+            span = _span(col == op)
+            if span is None:
+                continue
+            f = torch.where(col[span] == op, factors[span, op], 1.0).view(-1, 1, 1, 1)
+            part = x[span]
+            if op == BRIGHTNESS:
+                part.mul_(f)
+            elif op == CONTRAST:
+                mean = grayscale(part).mean(dim=(1, 2, 3), keepdim=True)  # before part changes
+                part.mul_(f).add_((1 - f) * mean)
+            else:
+                gray = grayscale(part).mul_(1 - f)  # before part changes
+                part.mul_(f).add_(gray)
+            part.clamp_(0, 1)
+        span = _span(hue_pos == pos)
+        if span is not None:
+            x[span] = adjust_hue(x[span], factors[span, HUE])
+    if not sorted_ok:
+        x = x[torch.argsort(perm)]
+    return x
+
+
+def to_grayscale_(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace the samples selected by ``mask`` (N,) with their 3-channel luma, in place."""
+    for i in mask.nonzero().flatten().tolist():
+        x[i] = grayscale(x[i : i + 1])[0]
+    return x
+
+
+def gaussian_blur_(x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of the samples selected by ``mask``, in place.
+
+    Each sample uses its own sigma and kernel radius ceil(3 sigma) (capped by the image size for the
+    reflect padding), like ``torchvision...gaussian_blur(kernel_size=2*ceil(3*sigma)+1)``. The taps are
+    applied as shifted multiply-adds over a contiguous span of samples (unselected ones in the span
+    get a unit kernel), much faster on CPU than a grouped convolution.
+
+    Args:
+        x: (N, C, H, W) float.
+        sigma: (N,) standard deviations in pixels.
+        mask: (N,) bool, which samples to blur.
+    """
+    span = _span(mask)
+    if span is None:
+        return x
+    part, sig, sel = x[span], sigma[span], mask[span]
+    _, _, h, w = part.shape
+    radius = torch.ceil(3 * sig).clamp(min=1)
+    r = int(min(radius[sel].max().item(), h - 1, w - 1))
+    if r < 1:
+        return x
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    ker = torch.exp(-0.5 * (t / sig.view(-1, 1)) ** 2) * (t.abs() <= radius.view(-1, 1))
+    ker = torch.where(sel.view(-1, 1), ker, (t == 0).to(x.dtype))
+    ker = (ker / ker.sum(1, keepdim=True)).view(-1, 1, 1, 1, 2 * r + 1)
+    padded = F.pad(part, (r, r, 0, 0), mode="reflect")
+    rows = torch.zeros_like(part)
+    for i in range(2 * r + 1):
+        rows.addcmul_(padded[..., i : i + w], ker[..., i])
+    padded = F.pad(rows, (0, 0, r, r), mode="reflect")
+    part.zero_()
+    for i in range(2 * r + 1):
+        part.addcmul_(padded[..., i : i + h, :], ker[..., i])
+    return x
+
+
+def solarize_(x: torch.Tensor, mask: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
+    """Invert values >= threshold (PIL ``ImageOps.solarize``) for the selected samples, in place."""
+    for i in mask.nonzero().flatten().tolist():
+        s = x[i]
+        # |s - 1| = 1 - s where s >= threshold, |s - 0| = s elsewhere: no slow torch.where.
+        x[i] = (s - (s >= threshold).to(s.dtype)).abs_()
+    return x
+
+
+def gaussian_sigmas(n: int, low: float, high: float) -> torch.Tensor:
+    """(n,) sigmas drawn uniformly from [low, high] (DINO's radius ~ U(0.1, 2))."""
+    return low + (high - low) * torch.rand(n)
+

@@ -1,0 +1,288 @@
+"""Keypoint files -> the one internal skeleton: COCO-17 order, float32 (17, 3) = [x, y, visibility].
+
+Coordinates are pixels of the image the keypoints belong to, continuous convention: the image covers
+[0, W] x [0, H] and pixel i spans [i, i+1). Visibility 0 means missing (x = y = 0); 1 labelled but
+occluded; 2 visible (COCO semantics). Readers:
+
+- COCO keypoint JSON (``images`` + ``annotations`` with 51 numbers ``[x, y, v] * 17``);
+- the OpenPose-18 CSV published for Market-1501 (``name:keypoints_y:keypoints_x``, -1 = missing);
+- JSONL lines ``{"image": ..., "format": "coco17" | "openpose18" | "ora16", "keypoints": [[x, y, v], ...]}``
+  (``[x, y]`` pairs are accepted, visibility 2 then).
+
+Mapping into COCO-17 (documented in docs/DATA.md): OpenPose-18 drops the neck; ORA-16 maps Head ->
+nose (the only COCO joint at the head; ORA's head joint sits at the head centre, a few pixels behind
+the nose), Shoulder/Elbow -> same, Hand -> wrist, Thigh -> hip, Knee -> knee, Foot -> ankle; ORA's
+Pelvis and Toes are dropped and COCO's eyes and ears are missing.
+
+NaN coordinates, and points outside the image when its size is known, become missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from solider.data.images import IMAGE_EXTENSIONS
+from solider.utils.logging import get_logger, log_skipped
+
+logger = get_logger(__name__)
+
+COCO17_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+                "left_knee", "right_knee", "left_ankle", "right_ankle")
+NUM_JOINTS = 17
+# Index of the mirrored joint: a horizontal flip moves keypoint j to slot FLIP_INDEX[j].
+FLIP_INDEX = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+OPENPOSE18_NAMES = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
+                    "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip",
+                    "left_knee", "left_ankle", "right_eye", "left_eye", "right_ear", "left_ear")
+ORA16_NAMES = ("Pelvis", "Head", "Left_Shoulder", "Left_Elbow", "Left_Hand", "Right_Shoulder", "Right_Elbow",
+               "Right_Hand", "Left_Thigh", "Left_Knee", "Left_Foot", "Left_Toe", "Right_Thigh", "Right_Knee",
+               "Right_Foot", "Right_Toe")
+# Source joint for each COCO-17 slot (-1: no source joint, always missing).
+_FROM_OPENPOSE18 = (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
+_FROM_ORA16 = (1, -1, -1, -1, -1, 2, 5, 3, 6, 4, 7, 8, 12, 9, 13, 10, 14)
+_SOURCES = {"coco17": tuple(range(17)), "openpose18": _FROM_OPENPOSE18, "ora16": _FROM_ORA16}
+FORMAT_JOINTS = {"coco17": 17, "openpose18": 18, "ora16": 16}
+
+
+def to_coco17(points: np.ndarray | Sequence, fmt: str) -> np.ndarray:
+    """Map (..., J, 2) or (..., J, 3) source joints of format ``fmt`` to COCO-17 (..., 17, 3) float32.
+
+    2-column input gets visibility 2; points with visibility <= 0 or a NaN coordinate become missing.
+
+    Raises:
+        ValueError: unknown format or a joint count that does not match it.
+    """
+    if fmt not in _SOURCES:
+        raise ValueError(f"unknown keypoint format {fmt!r}; expected one of {sorted(_SOURCES)}")
+    arr = np.asarray(points, dtype=np.float64)
+    if arr.ndim < 2 or arr.shape[-2] != FORMAT_JOINTS[fmt] or arr.shape[-1] not in (2, 3):
+        raise ValueError(f"{fmt} keypoints must have shape ({FORMAT_JOINTS[fmt]}, 2 or 3), got {arr.shape}")
+    if arr.shape[-1] == 2:
+        arr = np.concatenate([arr, np.full(arr.shape[:-1] + (1,), 2.0)], axis=-1)
+    src = np.asarray(_SOURCES[fmt])
+    out = arr[..., np.maximum(src, 0), :]
+    out[..., src < 0, :] = 0.0
+    return sanitize(out)
+
+
+def sanitize(kpts: np.ndarray, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Missing -> [0, 0, 0]: visibility <= 0, NaN/inf coordinates, or outside [0, W] x [0, H] if known.
+
+    Works on (17, 3) or batched (..., 17, 3) arrays; returns a new float32 array.
+    """
+    kpts = np.array(kpts, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        ok = (kpts[..., 2] > 0) & np.isfinite(kpts).all(axis=-1)
+        if image_size is not None:
+            w, h = image_size
+            x, y = kpts[..., 0], kpts[..., 1]
+            ok &= (x >= 0) & (x <= w) & (y >= 0) & (y <= h)
+    kpts[~ok] = 0.0
+    kpts[..., 2] = np.where(ok, np.clip(kpts[..., 2], 1, 2), 0.0)
+    return kpts
+
+
+@dataclass
+class KeypointTable:
+    """Keypoints read from a file, keyed by the image name or path as written there."""
+
+    source: str
+    entries: dict[str, np.ndarray]  # key -> (17, 3) float32
+    image_sizes: dict[str, tuple[int, int]]  # key -> (width, height), where the file says
+
+
+def read_keypoints(path: str | Path) -> KeypointTable:
+    """Read a keypoint file by extension: ``.json`` COCO, ``.csv`` OpenPose-18, ``.jsonl`` JSONL lines."""
+    suffix = Path(path).suffix.lower()
+    readers = {".json": read_coco_keypoints, ".csv": read_openpose_csv, ".jsonl": read_keypoints_jsonl}
+    if suffix not in readers:
+        raise ValueError(f"keypoint file {path}: unknown extension {suffix!r}; expected .json (COCO), "
+                         ".csv (OpenPose-18 Market annotation) or .jsonl")
+    return readers[suffix](path)
+
+
+def read_coco_keypoints(path: str | Path) -> KeypointTable:
+    """COCO keypoint JSON; images with several person annotations keep the one with most labelled joints."""
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise ValueError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations')")
+    images = {img["id"]: img for img in data["images"]}
+    entries: dict[str, np.ndarray] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    labelled: dict[str, int] = {}
+    bad, unknown, multi = [], [], 0
+    for ann in data["annotations"]:
+        img = images.get(ann.get("image_id"))
+        flat = ann.get("keypoints")
+        if img is None:
+            unknown.append(f"annotation {ann.get('id')} (image_id {ann.get('image_id')})")
+            continue
+        if not isinstance(flat, list) or len(flat) != 3 * NUM_JOINTS:
+            bad.append(f"{img['file_name']} ({len(flat) if isinstance(flat, list) else 'no'} numbers)")
+            continue
+        key = img["file_name"]
+        size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else None
+        kpts = sanitize(np.asarray(flat, dtype=np.float64).reshape(NUM_JOINTS, 3), size)
+        count = int((kpts[:, 2] > 0).sum())
+        if key in entries:
+            multi += 1
+            if count <= labelled[key]:
+                continue
+        entries[key], labelled[key] = kpts, count
+        if size is not None:
+            sizes[key] = size
+    log_skipped(logger, f"COCO annotations in {path} with a wrong keypoint count (need 51 numbers)", bad)
+    log_skipped(logger, f"COCO annotations in {path} whose image_id is not in 'images'", unknown)
+    if multi:
+        logger.info("%s: %d extra person annotations on already-seen images; kept the one with most "
+                    "labelled joints per image", path, multi)
+    return KeypointTable(str(path), entries, sizes)
+
+
+def _parse_number_list(text: str) -> list:
+    """'[1, -1, 3]' -> [1, -1, 3] (json is the fastest parser of such lists)."""
+    values = json.loads(text)
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"expected a [..] list of numbers, got {text.strip()[:40]!r}")
+    return values
+
+
+def read_openpose_csv(path: str | Path) -> KeypointTable:
+    """Market-1501 OpenPose-18 CSV: header ``name:keypoints_y:keypoints_x``; rows ``name: [y*18]: [x*18]``."""
+    names, rows, bad = [], [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter=":")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != ["name", "keypoints_y", "keypoints_x"]:
+            raise ValueError(f"{path}: expected the header 'name:keypoints_y:keypoints_x', got {header}")
+        for lineno, row in enumerate(reader, 2):
+            if not row:
+                continue
+            try:
+                ys, xs = _parse_number_list(row[1]), _parse_number_list(row[2])
+                if len(ys) != 18 or len(xs) != 18:
+                    raise ValueError(f"{len(ys)} y and {len(xs)} x values, need 18 each")
+            except (ValueError, IndexError) as exc:
+                bad.append(f"line {lineno} ({exc})")
+                continue
+            names.append(row[0].strip())
+            rows.append((xs, ys))
+    log_skipped(logger, f"rows of {path} that do not hold 18 y and 18 x values", bad)
+    if not rows:
+        return KeypointTable(str(path), {}, {})
+    xy = np.asarray(rows, dtype=np.float64).transpose(0, 2, 1)  # (N, 18, 2)
+    vis = np.where((xy == -1).any(axis=-1), 0.0, 2.0)[..., None]  # -1 marks a missing joint
+    coco = to_coco17(np.concatenate([xy, vis], axis=-1), "openpose18")
+    return KeypointTable(str(path), dict(zip(names, coco)), {})
+
+
+def read_keypoints_jsonl(path: str | Path) -> KeypointTable:
+    """JSONL lines ``{"image", "format", "keypoints"}`` (format defaults to coco17)."""
+    entries: dict[str, np.ndarray] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    bad = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                kpts = to_coco17(rec["keypoints"], rec.get("format", "coco17"))
+                key = str(rec["image"])
+            except (ValueError, KeyError, TypeError) as exc:
+                bad.append(f"line {lineno} ({type(exc).__name__}: {exc})")
+                continue
+            if "width" in rec and "height" in rec:
+                sizes[key] = (int(rec["width"]), int(rec["height"]))
+                kpts = sanitize(kpts, sizes[key])
+            entries[key] = kpts
+    log_skipped(logger, f"lines of {path} without valid keypoints", bad)
+    return KeypointTable(str(path), entries, sizes)
+
+
+def normalize_key(name: str) -> str:
+    """Posix separators, no leading './'."""
+    key = name.replace(os.sep, "/").replace("\\", "/")
+    while key.startswith("./"):
+        key = key[2:]
+    return key
+
+
+def canonical_basename(name: str) -> str:
+    """Basename with a repeated image extension collapsed (``x.jpg.jpg`` -> ``x.jpg``)."""
+    base = normalize_key(name).rsplit("/", 1)[-1]
+    low = base.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if low.endswith(ext + ext):
+            return base[: -len(ext)]
+    return base
+
+
+def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str | Path | None = None,
+                    image_sizes: Sequence[tuple[int, int] | None] | None = None) -> list[np.ndarray | None]:
+    """Keypoints for each image: by path relative to ``root``, else by (canonical) basename.
+
+    A basename fallback is used only when that basename is unique in the file. Entries that match no
+    image are logged with a count; images without keypoints get None (allowed).
+
+    Args:
+        image_paths: the dataset's image files.
+        table: from ``read_keypoints``.
+        root: dataset root for relative keys (None: keys are matched by basename only).
+        image_sizes: (width, height) per image, to turn points outside the image into missing ones.
+
+    Raises:
+        ValueError: the table is not empty but matches no image at all (almost surely a path-convention
+            mistake; the message shows the keys tried and the keys in the file).
+    """
+    by_key = {normalize_key(k): k for k in table.entries}
+    base_count = Counter(canonical_basename(k) for k in table.entries)
+    by_base = {canonical_basename(k): k for k in table.entries if base_count[canonical_basename(k)] == 1}
+    root_str = str(root) if root is not None else None
+    out: list[np.ndarray | None] = []
+    used: set[str] = set()
+    tried: list[str] = []
+    for i, path in enumerate(image_paths):
+        rel = normalize_key(os.path.relpath(path, root_str)) if root_str is not None else None
+        key = by_key.get(rel) if rel is not None else None
+        if key is None:
+            key = by_base.get(canonical_basename(path))
+        if len(tried) < 2:
+            tried.append(f"{rel!r} / {canonical_basename(path)!r}" if rel else repr(canonical_basename(path)))
+        if key is None:
+            out.append(None)
+            continue
+        used.add(key)
+        size = image_sizes[i] if image_sizes is not None else None
+        size = size or table.image_sizes.get(key)
+        out.append(sanitize(table.entries[key], size) if size is not None else table.entries[key])
+    if table.entries and not used:
+        raise ValueError(f"none of the {len(table.entries)} keypoint entries in {table.source} matches any "
+                         f"of the {len(image_paths)} images; tried keys {tried} (path relative to "
+                         f"{root_str}, "
+                         f"then basename); the file has keys like {list(table.entries)[:3]}")
+    unused = [k for k in table.entries if k not in used]
+    log_skipped(logger, f"keypoint entries of {table.source} that match no dataset image", unused)
+    matched = len(image_paths) - sum(k is None for k in out)
+    logger.info("keypoints from %s for %d of %d images", table.source, matched, len(image_paths))
+    return out
+
+
+def missing_keypoints() -> np.ndarray:
+    """All-missing (17, 3) array."""
+    return np.zeros((NUM_JOINTS, 3), dtype=np.float32)
+
+
+def is_all_missing(kpts: np.ndarray | None) -> bool:
+    return kpts is None or not bool((np.asarray(kpts)[:, 2] > 0).any())
+

@@ -1,0 +1,146 @@
+"""DINO / SOLIDER multi-crop augmentation, with keypoints carried through each global crop's geometry.
+
+Per image (SOLIDER ``run_dino.sh`` settings by default): 2 global crops (256x128, area scale 0.8-1) and
+``n_local`` local crops (128x64, scale 0.05-0.8), all with aspect w/h in (0.4, 0.6), bicubic. Each crop:
+flip 0.5 -> colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8 -> grayscale 0.2 -> Gaussian blur
+(p 1.0 / 0.1 / 0.5 for global 1 / global 2 / locals, sigma ~ U(0.1, 2)) -> solarize (global 2, p 0.2,
+threshold 128) -> normalise. Crop boxes come from torchvision's ``RandomResizedCrop.get_params``;
+crop, resize and flip run on uint8 tensors, the photometric steps on one float batch per crop size
+(``solider.data.augment_ops``). Randomness comes from the global torch RNG, so DataLoader worker
+seeding makes runs repeatable.
+
+Keypoints (COCO-17, (17, 3), pixel coordinates of the input image) follow each global crop: shifted
+by the crop box, scaled by the resize, mirrored by the flip (x -> W - x, left/right joints swapped);
+points outside the crop become missing. torchvision's KeyPoints tv_tensor is not used because its
+flip maps x -> W - 1 - x while its resize scales the continuous [0, W] range: the two disagree by one
+pixel, and the three lines here are faster than tv_tensor dispatch for 17 points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
+
+from solider.data import augment_ops as ops
+from solider.data.images import pil_to_tensor
+from solider.data.keypoints import FLIP_INDEX, NUM_JOINTS
+from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, interpolation_mode
+
+
+def as_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """PIL RGB image or (3, H, W) uint8 tensor -> (3, H, W) uint8 tensor."""
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(image.convert("RGB") if image.mode != "RGB" else image)
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) uint8 tensor, got {tuple(image.shape)} {image.dtype}")
+    return image
+
+
+def transform_keypoints(kpts: np.ndarray, box: tuple[int, int, int, int], out_size: tuple[int, int],
+                        flip: bool) -> np.ndarray:
+    """Map (17, 3) keypoints through crop ``box`` = (top, left, height, width), resize, optional flip.
+
+    Returns:
+        (17, 3) float32 in the output crop's pixels; missing or outside [0, W] x [0, H] -> [0, 0, 0].
+    """
+    top, left, h, w = box
+    out_h, out_w = out_size
+    out = np.array(kpts, dtype=np.float32)
+    out[:, 0] = (out[:, 0] - left) * (out_w / w)
+    out[:, 1] = (out[:, 1] - top) * (out_h / h)
+    if flip:
+        out[:, 0] = out_w - out[:, 0]
+        out = out[list(FLIP_INDEX)]
+    inside = ((out[:, 2] > 0) & (out[:, 0] >= 0) & (out[:, 0] <= out_w) & (out[:, 1] >= 0)
+              & (out[:, 1] <= out_h))
+    out[~inside] = 0.0
+    return out
+
+
+class MultiCropTransform:
+    """Callable: (image, keypoints or None) -> dict of crops, as ``MultiCropDataset`` items need.
+
+    Output (the contract of ``solider.data``): ``global_crops`` (2, 3, Hg, Wg) and ``local_crops``
+    (n_local, 3, Hl, Wl) normalised float32; ``global_keypoints`` (2, 17, 3) float32 in each global
+    crop's pixels; ``has_keypoints`` bool.
+    """
+
+    def __init__(self, global_size: tuple[int, int] = (256, 128), local_size: tuple[int, int] = (128, 64),
+                 n_local: int = 8, global_scale: tuple[float, float] = (0.8, 1.0),
+                 local_scale: tuple[float, float] = (0.05, 0.8), ratio: tuple[float, float] = (0.4, 0.6),
+                 flip_p: float = 0.5, jitter_p: float = 0.8, brightness: float = 0.4, contrast: float = 0.4,
+                 saturation: float = 0.2, hue: float = 0.1, grayscale_p: float = 0.2,
+                 blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+                 blur_sigma: tuple[float, float] = (0.1, 2.0), solarize_p: float = 0.2,
+                 solarize_threshold: int = 128, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD, interpolation: str = "bicubic"):
+        if n_local < 0:
+            raise ValueError(f"n_local must be >= 0, got {n_local}")
+        self.global_size, self.local_size, self.n_local = tuple(global_size), tuple(local_size), n_local
+        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
+        self.ratio = tuple(ratio)
+        self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
+        self.jitter = (brightness, contrast, saturation, hue)
+        self.blur_p, self.blur_sigma = tuple(blur_p), tuple(blur_sigma)
+        self.solarize_p, self.solarize_threshold = solarize_p, solarize_threshold
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.interpolation: InterpolationMode = interpolation_mode(interpolation)
+
+    def __repr__(self) -> str:
+        return (f"MultiCropTransform(global {self.global_size} x2 scale {self.global_scale}, local "
+                f"{self.local_size} x{self.n_local} scale {self.local_scale}, ratio {self.ratio}, "
+                f"jitter {self.jitter} p {self.jitter_p}, gray {self.grayscale_p}, blur {self.blur_p}, "
+                f"solarize {self.solarize_p}, {self.interpolation.value})")
+
+    def _crops(self, pixels: torch.Tensor, n: int, size: tuple[int, int], scale: tuple[float, float],
+               keypoints: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
+        """n random resized (and maybe flipped) uint8 crops (n, 3, H, W), plus their keypoints."""
+        out = torch.empty((n, 3, *size), dtype=torch.uint8)
+        kpts = np.zeros((n, NUM_JOINTS, 3), dtype=np.float32)
+        flips = (torch.rand(n) < self.flip_p).tolist()
+        for k in range(n):
+            top, left, h, w = RandomResizedCrop.get_params(pixels, list(scale), list(self.ratio))
+            crop = TF.resize(pixels[:, top : top + h, left : left + w], list(size),
+                             interpolation=self.interpolation, antialias=True)
+            out[k] = crop.flip(-1) if flips[k] else crop
+            if keypoints is not None:
+                kpts[k] = transform_keypoints(keypoints, (top, left, h, w), size, flips[k])
+        return out, kpts
+
+    def _photometric(self, crops: torch.Tensor, blur_p: torch.Tensor,
+                     solarize_p: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, 3, H, W) -> jittered, grayscaled, blurred, solarized, normalised float32."""
+        n = crops.shape[0]
+        x = crops.float().div_(255)
+        if n == 0:
+            return x
+        x = ops.color_jitter(x, ops.sample_jitter(n, self.jitter_p, *self.jitter))
+        ops.to_grayscale_(x, torch.rand(n) < self.grayscale_p)
+        sigma = ops.gaussian_sigmas(n, *self.blur_sigma)
+        ops.gaussian_blur_(x, sigma, torch.rand(n) < blur_p)
+        ops.solarize_(x, torch.rand(n) < solarize_p, self.solarize_threshold / 255)
+        return x.sub_(self.mean).div_(self.std)
+
+    def __call__(self, image: Image.Image | torch.Tensor, keypoints: np.ndarray | None = None) -> dict:
+        """Args:
+            image: PIL RGB image or (3, H, W) uint8 tensor.
+            keypoints: (17, 3) COCO-17 keypoints in the image's pixels, or None.
+        """
+        pixels = as_uint8_tensor(image)
+        has_kpts = keypoints is not None and bool((np.asarray(keypoints)[:, 2] > 0).any())
+        g_u8, g_kpts = self._crops(pixels, 2, self.global_size, self.global_scale,
+                                   keypoints if has_kpts else None)
+        l_u8, _ = self._crops(pixels, self.n_local, self.local_size, self.local_scale, None)
+        g_blur = torch.tensor(self.blur_p[:2])
+        g_sol = torch.tensor([0.0, self.solarize_p])
+        return {
+            "global_crops": self._photometric(g_u8, g_blur, g_sol),
+            "local_crops": self._photometric(l_u8, torch.full((self.n_local,), self.blur_p[2]),
+                                             torch.zeros(self.n_local)),
+            "global_keypoints": torch.from_numpy(g_kpts),
+            "has_keypoints": has_kpts,
+        }

@@ -1,0 +1,89 @@
+"""Multi-crop transform: output contract, determinism, and keypoints that move with the pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from solider.data.keypoints import FLIP_INDEX
+from solider.data.multicrop import MultiCropTransform, transform_keypoints
+
+
+def _image(h: int = 160, w: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+
+
+def test_output_contract_and_determinism():
+    t = MultiCropTransform(global_size=(64, 32), local_size=(32, 16), n_local=3)
+    kpts = np.zeros((17, 3), np.float32)
+    kpts[0] = (30, 20, 2)
+    torch.manual_seed(5)
+    a = t(_image(), kpts)
+    torch.manual_seed(5)
+    b = t(_image(), kpts)
+    assert a["global_crops"].shape == (2, 3, 64, 32) and a["global_crops"].dtype == torch.float32
+    assert a["local_crops"].shape == (3, 3, 32, 16)
+    assert a["global_keypoints"].shape == (2, 17, 3) and a["global_keypoints"].dtype == torch.float32
+    assert a["has_keypoints"] is True
+    for key in ("global_crops", "local_crops", "global_keypoints"):
+        assert torch.equal(a[key], b[key])
+    none = t(_image())
+    assert none["has_keypoints"] is False and not none["global_keypoints"].any()
+    zero_local = MultiCropTransform(global_size=(64, 32), n_local=0)(_image())
+    assert zero_local["local_crops"].shape == (0, 3, 128, 64)
+
+
+def test_keypoint_geometry_matches_torchvision_resized_crop():
+    rng = np.random.default_rng(0)
+    kpts = np.concatenate([rng.uniform(0, 60, (17, 1)), rng.uniform(0, 150, (17, 1)), np.full((17, 1), 2)], 1)
+    box, size = (20, 5, 100, 40), (256, 128)
+    ours = transform_keypoints(kpts, box, size, flip=False)
+    points = tv_tensors.KeyPoints(torch.tensor(kpts[:, :2]), canvas_size=(160, 64))
+    tv = TF.resized_crop(points, *box, list(size))
+    inside = ours[:, 2] > 0
+    assert np.allclose(ours[inside, :2], tv.numpy()[inside], atol=1e-4)
+    assert inside.sum() >= 5
+    outside = ~inside
+    tvn = tv.numpy()
+    assert ((tvn[outside] < 0) | (tvn[outside] > np.array([128, 256]))).any(1).all()
+    flipped = transform_keypoints(kpts, box, size, flip=True)
+    mirrored = ours[list(FLIP_INDEX)]
+    vis = mirrored[:, 2] > 0
+    # continuous coordinates: x -> W - x (torchvision's keypoint flip uses W - 1 - x)
+    assert np.allclose(flipped[vis, 0], 128 - mirrored[vis, 0]) and np.allclose(flipped[:, 1], mirrored[:, 1])
+
+
+@pytest.mark.parametrize("flip_p", [0.0, 1.0])
+def test_keypoints_follow_the_pixels(flip_p):
+    """A bright blob at the left wrist must be found at the transformed left-wrist keypoint."""
+    img = torch.full((3, 200, 80), 40, dtype=torch.uint8)
+    img[:, 120:126, 18:24] = 255  # blob centre (21, 123)
+    kpts = np.zeros((17, 3), np.float32)
+    kpts[9] = (21, 123, 2)  # left wrist
+    t = MultiCropTransform(global_size=(100, 40), n_local=0, global_scale=(0.6, 1.0), flip_p=flip_p,
+                           jitter_p=0, grayscale_p=0, blur_p=(0, 0, 0), solarize_p=0, mean=(0, 0, 0),
+                           std=(1, 1, 1))
+    torch.manual_seed(0)
+    for _ in range(5):
+        out = t(img, kpts)
+        for crop, kp in zip(out["global_crops"], out["global_keypoints"]):
+            joint = 10 if flip_p else 9  # flipped: the left wrist becomes the right wrist
+            assert kp[9 if flip_p else 10, 2] == 0
+            if kp[joint, 2] == 0:
+                continue
+            lum = crop.mean(0)
+            y, x = divmod(int(lum.argmax()), lum.shape[1])
+            assert abs(x + 0.5 - float(kp[joint, 0])) <= 2 and abs(y + 0.5 - float(kp[joint, 1])) <= 2
+
+
+def test_pil_input_and_bad_tensor():
+    from PIL import Image
+    t = MultiCropTransform(global_size=(32, 16), local_size=(16, 8), n_local=1)
+    out = t(Image.new("L", (30, 60), 100))
+    assert out["global_crops"].shape == (2, 3, 32, 16)
+    with pytest.raises(ValueError, match=r"expected a \(3, H, W\) uint8 tensor"):
+        t(torch.zeros(3, 10, 10))
