@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from solider.models.swin import ARCHS, build_swin, relative_position_index, resolve_arch
+from solider.models.swin import ARCHS, biased_attention, build_swin, relative_position_index, resolve_arch
 from tests.reference.naive_swin import naive_swin
 from tests.reference.official_swin_keys import RELEASED, official_backbone_keys, read_key_list
 
@@ -174,6 +174,19 @@ def test_every_parameter_gets_a_gradient_except_the_dead_pair():
     plain = randomised(build_swin(TINY, semantic_weight=-1)).train()
     sum(m.sum() for m in plain.forward_features(torch.randn(2, 3, 64, 32))).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in plain.parameters())
+
+
+def test_fused_and_explicit_attention_agree():
+    q, k, v = (torch.randn(2, 6, 49, 8, requires_grad=True) for _ in range(3))
+    bias = torch.randn(6, 49, 49).masked_fill(torch.rand(6, 49, 49) < 0.3, -100.0).requires_grad_()
+    outs, grads = [], []
+    for fused in (True, False):
+        out = biased_attention(q, k, v, bias, fused=fused)
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v, bias)))
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_drop_path_is_linear_over_all_blocks():
