@@ -72,7 +72,9 @@ def biased_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: f
     ``fused`` (default: on CUDA) uses ``F.scaled_dot_product_attention``'s kernels; on the CPU the
     explicit form is faster for 49-token windows (SDPA's CPU path adds masking checks).
     """
-    if q.is_cuda if fused is None else fused:
+    if fused is None:
+        fused = q.is_cuda
+    if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     attn = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
     return F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v
