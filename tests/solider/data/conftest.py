@@ -50,3 +50,15 @@ def bad_images(tmp_path: Path) -> dict[str, Path]:
     files["not_image"] = d / "notes.jpg"
     files["not_image"].write_text("this is a text file with an image extension\n")
     return files
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small synthetic Market-layout set shared by the tests of this package (128x64 crops)."""
+    from solider.data.synthetic import generate_market_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_market_dataset(
+        root, ids=6, cameras=3, images_per_camera=2, seed=3, size=(128, 64), distractors=3
+    )
+    return root

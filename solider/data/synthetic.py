@@ -1,0 +1,256 @@
+"""Synthetic person-ReID data in the Market-1501 layout (and KITTI frames for the converter).
+
+    python -m solider.data.synthetic --out DIR [--ids N --cameras C --images-per-camera K --seed S
+                                      --size 256x128 --distractors D --kitti]
+
+Writes ``bounding_box_train/`` (the first half of the identities), ``query/`` (per test identity and
+camera its first image) and ``bounding_box_test/`` (the rest, plus ``D`` ``0000`` distractors), file
+names ``PPPP_cCsS_FFFFFF_BB.jpg``; ``keypoints.jsonl`` (exact COCO-17 keypoints of every image, path
+relative to DIR); ``masks/<split folder>/<stem>.png`` (0 background, 1 head+torso+arms, 2 legs,
+3 feet); ``synthetic.json`` (the arguments and counts). The same seed writes the same bytes.
+``--kitti`` writes camera frames with KITTI labels instead (see ``solider.data.synthetic_kitti``).
+
+Python API: ``generate_market_dataset(out, ids=..., cameras=..., images_per_camera=..., seed=...,
+size=(256, 128), distractors=0) -> dict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from solider.data import synthetic_cameras as cams
+from solider.data.synthetic_people import PALETTE, Appearance, sample_appearance, sample_pose
+from solider.data.synthetic_render import render_person
+
+SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
+FPS_STEP = 25  # frame numbers advance like one second of 25 fps video between images
+
+
+@dataclass
+class CropRender:
+    image: np.ndarray  # (H, W, 3) uint8
+    part: np.ndarray  # (H, W) uint8
+    keypoints: np.ndarray  # (17, 3) float32
+
+
+def identity_appearance(seed: int, pid: int) -> Appearance:
+    return sample_appearance(np.random.default_rng([seed, 0, pid]))
+
+
+def make_cameras(seed: int, count: int, size: tuple[int, int]) -> list[cams.Camera]:
+    return [cams.sample_camera(np.random.default_rng([seed, 1, c]), c, size) for c in range(count)]
+
+
+def _bystander(rng: np.random.Generator, img: np.ndarray) -> None:
+    """A partial other person at the left or right edge (a torso and a head), drawn in place."""
+    h, w, _ = img.shape
+    bw, top = int(w * rng.uniform(0.15, 0.3)), int(h * rng.uniform(0.1, 0.3))
+    cols = slice(0, bw) if rng.random() < 0.5 else slice(w - bw, w)
+    img[top:, cols] = (PALETTE[rng.integers(len(PALETTE))] * (255 * rng.uniform(0.6, 1.0))).astype(np.uint8)
+    img[max(0, top - h // 9) : top, cols] = (204, 166, 128)
+
+
+def render_crop(
+    app: Appearance, camera: cams.Camera, rng: np.random.Generator, size: tuple[int, int]
+) -> CropRender:
+    """One image of a person seen by ``camera``: background, pose, placement, occlusion, sensor look."""
+    h, w = size
+    canvas = cams.crop_background(rng, camera, h, w)
+    if rng.random() < 0.2:
+        _bystander(rng, canvas)
+    height = h * camera.scale * rng.uniform(0.93, 1.07)
+    top = (h - height) * rng.uniform(0.25, 0.75)
+    person = render_person(
+        app,
+        sample_pose(rng, cams.sample_view(rng, camera)),
+        size,
+        w * (0.5 + rng.uniform(-0.07, 0.07)),
+        top,
+        height,
+    )
+    x0, y0, x1, y1 = person.box
+    np.copyto(canvas[y0:y1, x0:x1], person.rgb[y0:y1, x0:x1], where=person.alpha[y0:y1, x0:x1, None])
+    part, kpts = person.part, person.keypoints
+    if rng.random() < camera.occlusion_p:
+        rows, cols, colour = cams.occluder(rng, h, w)
+        canvas[rows, cols] = colour
+        part[rows, cols] = 0
+        x, y = kpts[:, 0], kpts[:, 1]
+        under = (y >= rows.start) & (y < rows.stop) & (x >= cols.start) & (x < cols.stop) & (kpts[:, 2] == 2)
+        kpts[under, 2] = 1
+    return CropRender(cams.apply_camera(canvas, camera, rng), part, kpts)
+
+
+@dataclass
+class _Item:
+    split: str
+    pid: int
+    camera: int
+    frame: int
+    seed: tuple
+
+    @property
+    def name(self) -> str:
+        return f"{self.pid:04d}_c{self.camera + 1}s1_{self.frame:06d}_00.jpg"
+
+
+def plan_market_items(
+    ids: int, cameras: int, images_per_camera: int, seed: int, distractors: int
+) -> list[_Item]:
+    """Which image goes where: train ids 1..ids//2, test ids after; one query per test id and camera."""
+    n_train = ids // 2
+    items = []
+    for pid in range(1, ids + 1):
+        for cam in range(cameras):
+            for k in range(images_per_camera):
+                split = (
+                    "bounding_box_train" if pid <= n_train else ("query" if k == 0 else "bounding_box_test")
+                )
+                items.append(
+                    _Item(split, pid, cam, (pid * images_per_camera + k) * FPS_STEP, (seed, 2, pid, cam, k))
+                )
+    for d in range(distractors):
+        items.append(
+            _Item(
+                "bounding_box_test",
+                0,
+                d % cameras,
+                (ids * images_per_camera + d + 1) * FPS_STEP,
+                (seed, 3, d),
+            )
+        )
+    return items
+
+
+def generate_market_dataset(
+    out: str | Path,
+    ids: int = 100,
+    cameras: int = 4,
+    images_per_camera: int = 4,
+    seed: int = 0,
+    size: tuple[int, int] = (256, 128),
+    distractors: int = 0,
+) -> dict:
+    """Write a synthetic Market-1501-layout dataset to ``out`` (see the module docstring).
+
+    Args:
+        out: output folder (created; existing files of the same names are overwritten).
+        ids: identities; the first half train, the rest test (at least 2).
+        cameras: cameras (at least 2, so that every test query has a cross-camera match).
+        images_per_camera: images per identity and camera.
+        seed: everything is a function of it.
+        size: crop (height, width).
+        distractors: ``0000`` images (people not in the dataset) added to the gallery.
+
+    Returns:
+        Summary: images per split, identities, cameras, and render / write seconds.
+    """
+    if ids < 2 or cameras < 2 or images_per_camera < 1:
+        raise ValueError(
+            f"need ids >= 2, cameras >= 2, images_per_camera >= 1; got {ids}, {cameras}, {images_per_camera}"
+        )
+    out = Path(out)
+    for folder in SPLIT_FOLDERS:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        (out / "masks" / folder).mkdir(parents=True, exist_ok=True)
+    cam_list = make_cameras(seed, cameras, size)
+    apps: dict[int, Appearance] = {}
+    lines, render_s, write_s = [], 0.0, 0.0
+    for item in plan_market_items(ids, cameras, images_per_camera, seed, distractors):
+        rng = np.random.default_rng(list(item.seed))
+        start = time.perf_counter()
+        if item.pid == 0:
+            app = sample_appearance(rng)
+        else:
+            app = apps.setdefault(item.pid, identity_appearance(seed, item.pid))
+        crop = render_crop(app, cam_list[item.camera], rng, size)
+        mid = time.perf_counter()
+        rel = f"{item.split}/{item.name}"
+        Image.fromarray(crop.image).save(out / rel, quality=cam_list[item.camera].jpeg_quality)
+        Image.fromarray(crop.part).save(
+            out / "masks" / item.split / (Path(item.name).stem + ".png"), compress_level=1
+        )
+        lines.append(
+            json.dumps(
+                {
+                    "image": rel,
+                    "format": "coco17",
+                    "keypoints": np.round(crop.keypoints.astype(np.float64), 2).tolist(),
+                }
+            )
+        )
+        write_s += time.perf_counter() - mid
+        render_s += mid - start
+    (out / "keypoints.jsonl").write_text("\n".join(lines) + "\n")
+    counts = {f: sum(line.startswith(f'{{"image": "{f}/') for line in lines) for f in SPLIT_FOLDERS}
+    summary = {  # no paths or timings in the file: the same seed writes the same bytes
+        "ids": ids,
+        "train_ids": ids // 2,
+        "test_ids": ids - ids // 2,
+        "cameras": cameras,
+        "images_per_camera": images_per_camera,
+        "distractors": distractors,
+        "seed": seed,
+        "size": list(size),
+        "images": counts,
+    }
+    (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {**summary, "out": str(out), "render_s": render_s, "write_s": write_s}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 256x128, got {text!r}") from None
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m solider.data.synthetic",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--ids", type=int, default=100, help="identities (half train, half test)")
+    parser.add_argument("--cameras", type=int, default=4)
+    parser.add_argument("--images-per-camera", type=int, default=4, help="images per identity and camera")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=_size, default=(256, 128), help="crop HEIGHTxWIDTH (Market layout)")
+    parser.add_argument("--distractors", type=int, default=0, help="0000 gallery distractors")
+    parser.add_argument("--kitti", action="store_true", help="write camera frames with KITTI labels instead")
+    args = parser.parse_args(argv)
+    if args.kitti:
+        from solider.data.synthetic_kitti import generate_kitti_dataset
+
+        summary = generate_kitti_dataset(
+            args.out,
+            ids=args.ids,
+            cameras=args.cameras,
+            images_per_camera=args.images_per_camera,
+            seed=args.seed,
+        )
+    else:
+        summary = generate_market_dataset(
+            args.out,
+            ids=args.ids,
+            cameras=args.cameras,
+            images_per_camera=args.images_per_camera,
+            seed=args.seed,
+            size=args.size,
+            distractors=args.distractors,
+        )
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
