@@ -12,7 +12,7 @@ semantic controller (``--no-controller`` drops it).
 
 Examples::
 
-    python benchmarks/bench_backbone.py                       # CPU, 128x64, batch 8 (< 2 min)
+    python benchmarks/bench_backbone.py                       # CPU, 128x64, batch 8, 1 thread (< 1 min)
     python benchmarks/bench_backbone.py --device cuda --size 256x128 --batch 64 --bf16
     python benchmarks/bench_backbone.py --device cuda --size 256x128 --batch 64 --bf16 --compile
 """
@@ -97,7 +97,9 @@ def main() -> None:
                         help="our Swin without the semantic controller")
     parser.add_argument("--timm-fused-attn", action="store_true",
                         help="let timm use F.scaled_dot_product_attention (off by default in timm's Swin)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: steady figures on a shared machine; 0 = torch's "
+                             "default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

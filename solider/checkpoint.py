@@ -262,7 +262,14 @@ def _select_state_dict(obj: Any, source: str, name: str) -> tuple[dict[str, Any]
         sd, layout = obj["model"], "'model' entry"
     else:
         sd, layout = obj, "bare state dict"
-    return {k.removeprefix("module."): v for k, v in sd.items()}, layout
+    return {_strip_wrappers(k): v for k, v in sd.items()}, layout
+
+
+def _strip_wrappers(key: str) -> str:
+    """Remove the prefixes DDP (``module.``) and torch.compile (``_orig_mod.``) add, in any order."""
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.split(".", 1)[1]
+    return key
 
 
 def _find_backbone(sd: dict[str, Any], source: str, layout: str,
@@ -283,7 +290,7 @@ def _find_backbone(sd: dict[str, Any], source: str, layout: str,
             return backbone, ignored, layout + (f", backbone under '{prefix}'" if prefix else "")
     raise CheckpointError(f"{name}: no Swin backbone found ({layout}): expected "
                           f"'patch_embed.projection.weight' under one of the prefixes {BACKBONE_PREFIXES} "
-                          f"(after removing 'module.'); "
+                          f"(after removing 'module.' / '_orig_mod.'); "
                           f"first keys: {list(sd)[:5]}")
 
 

@@ -136,12 +136,13 @@ def _layouts(model: torch.nn.Module) -> dict[str, dict]:
         "tao": {"state_dict": {**{f"model.base.{k}": v for k, v in sd.items()},
                                "model.classifier.weight": torch.ones(5, 128)}, "epoch": 3},
         "ddp bare": {f"module.{k}": v for k, v in sd.items()},
+        "compiled ddp": {"model": {f"module._orig_mod.backbone.{k}": v for k, v in sd.items()}},
         "bare": dict(sd),
     }
 
 
 LAYOUTS = ["ours", "official training", "checkpoint_tea", "finetuned", "solider-reid", "tao", "ddp bare",
-           "bare"]
+           "compiled ddp", "bare"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -154,7 +155,7 @@ def test_loads_every_layout_from_file(tmp_path, layout):
     assert report.ok and report.loaded == len(source.state_dict())
     assert_same_weights(source, target)
     expected_ignored = {"ours": 2, "official training": 2, "checkpoint_tea": 2, "finetuned": 1,
-                        "solider-reid": 2, "tao": 1, "ddp bare": 0, "bare": 0}[layout]
+                        "solider-reid": 2, "tao": 1, "ddp bare": 0, "compiled ddp": 0, "bare": 0}[layout]
     assert len(report.ignored) == expected_ignored
 
 
