@@ -1,0 +1,311 @@
+"""SOLIDER pretraining: DINO self-distillation of a Swin on person crops, with part pseudo-labels and
+the semantic controller.
+
+    accelerate launch solider/pretrain.py [--config configs/pretrain/swin_tiny.yaml] [key=value ...]
+    python solider/pretrain.py                       # one process; the demo config on synthetic data
+
+With no arguments it runs ``configs/pretrain/demo.yaml`` (a tiny Swin on the synthetic set, minutes
+on a CPU). Outputs in ``output_dir``: ``config.yaml``, ``log.jsonl``, ``tb/`` (TensorBoard),
+``checkpoints/{last.pt,step_*.pt}``. ``resume=auto`` continues bit-exactly (on CPU) from the newest
+checkpoint. See docs/PRETRAINING.md.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+from tqdm import tqdm
+
+from eval.features import extract_features
+from eval.metrics import evaluate_features
+from solider.config import build_arg_parser, config_from_args, save_config, to_dict
+from solider.data.multicrop import MultiCropTransform
+from solider.data.shuffle_sampler import ShuffleBatchSampler
+from solider.dino import DINOLoss
+from solider.models.heads import DINOHead, cancel_last_layer_gradients
+from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
+from solider.models.swin import build_swin
+from solider.optim import clip_gradients, ema_update_, param_groups, set_optimizer_values
+from solider.pretrain_config import PretrainConfig
+from solider.pretrain_data import (build_pretrain_dataset, monitor_datasets, monitor_split,
+                                   resolve_crop_source, synthetic_root)
+from solider.pretrain_step import SemanticSettings, solider_step
+from solider.schedules import cosine_schedule, scale_lr
+from solider.utils.checkpointing import CheckpointManager, load_resume_state
+from solider.utils.logging import get_logger, setup_logging
+from solider.utils.seed import PerSampleSeeded, capture_rng_state, restore_rng_state, sample_seed, seed_everything
+from solider.utils.tracking import RunLogger
+from solider.utils.visualize import part_overlay_grid
+
+logger = get_logger("solider.pretrain")
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo.yaml"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops before the broken state is saved."""
+
+
+def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
+    """Student (drop path, part head) and teacher (a copy without part head, no gradients)."""
+    def net(drop_path: float, with_part_head: bool) -> MultiCropNet:
+        backbone = build_swin(cfg.model.arch_spec(), img_size=cfg.model.img_size, semantic_weight=0.0,
+                              drop_path_rate=drop_path, use_checkpoint=cfg.model.use_checkpoint)
+        dim = backbone.num_features[-1]
+        head = DINOHead(dim, cfg.dino.out_dim, hidden_dim=cfg.dino.hidden_dim,
+                        bottleneck_dim=cfg.dino.bottleneck_dim, norm_last_layer=cfg.dino.norm_last_layer)
+        part_head = (DINOHead(dim, cfg.semantic.num_parts + 1, nlayers=cfg.semantic.part_head_layers,
+                              hidden_dim=cfg.dino.hidden_dim, bottleneck_dim=cfg.dino.bottleneck_dim)
+                     if with_part_head else None)
+        return MultiCropNet(backbone, head, part_head)
+
+    student = net(cfg.model.drop_path_rate, cfg.semantic.enabled)
+    teacher = net(0.0, False)
+    # The teacher starts as the student (official), minus the part head it never uses.
+    teacher.load_state_dict({k: v for k, v in student.state_dict().items() if not k.startswith("part_head.")})
+    freeze_unused_parameters(student)
+    teacher.requires_grad_(False)
+    if cfg.train.compile:
+        student.backbone.compile()
+        teacher.backbone.compile()
+    return student, teacher
+
+
+def build_optimizer(cfg: PretrainConfig, student: MultiCropNet) -> torch.optim.Optimizer:
+    trained = student if cfg.semantic.train_part_head or student.part_head is None else \
+        nn.ModuleList([student.backbone, student.head])  # official: the part head is never optimised
+    return torch.optim.AdamW(param_groups(trained, cfg.optim.weight_decay), lr=0.0, betas=cfg.optim.betas)
+
+
+def build_schedules(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int) -> dict:
+    """Per-step lr, weight decay and teacher momentum (DINO); derived values are logged, not stored."""
+    total = cfg.train.epochs * steps_per_epoch
+    peak = scale_lr(cfg.optim.lr, global_batch)
+    warmup = min(int(cfg.optim.warmup_epochs * steps_per_epoch), total)
+    logger.info("schedules: %d steps (%d per epoch), peak lr %.3g (= %.3g x %d / 256), warmup %d steps",
+                total, steps_per_epoch, peak, cfg.optim.lr, global_batch, warmup)
+    return {"lr": cosine_schedule(peak, cfg.optim.min_lr, total, warmup),
+            "wd": cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, total),
+            "momentum": cosine_schedule(cfg.dino.momentum_teacher, 1.0, total), "total": total}
+
+
+def semantic_settings(cfg: PretrainConfig) -> SemanticSettings:
+    s = cfg.semantic
+    return SemanticSettings(s.enabled, s.weight_mode, s.fixed_weight, s.num_parts, s.label_source,
+                            s.min_foreground, s.masking, s.loss_weight)
+
+
+class _TeacherEmbedding(nn.Module):
+    """The teacher backbone's pooled feature at a fixed λ, as the monitor's model."""
+
+    def __init__(self, teacher: MultiCropNet, semantic_weight: float):
+        super().__init__()
+        self.backbone, self.semantic_weight = teacher.backbone, semantic_weight
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images, semantic_weight=self.semantic_weight)
+
+
+@torch.no_grad()
+def run_monitor(teacher: MultiCropNet, monitor: tuple | None, device: torch.device, batch_size: int,
+                semantic_weight: float = 0.2) -> dict[str, float]:
+    """Market-protocol mAP / Rank-1 / mINP of L2-normalised teacher features (λ = 0.2, the ReID value)."""
+    if monitor is None:
+        return {}
+    feats = []
+    model = _TeacherEmbedding(teacher, semantic_weight).eval()
+    for split in monitor:
+        loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=0)
+        feats.append(extract_features(model, loader, device, normalize=True, progress=False))
+    q, g = feats
+    result = evaluate_features(q["feats"], g["feats"], q["pids"], g["pids"], q["camids"], g["camids"],
+                               metric="cosine")
+    return {"eval/mAP": result["mAP"], "eval/rank1": float(result["cmc"][0]), "eval/mINP": result["mINP"]}
+
+
+def checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss, step, epoch) -> dict:
+    """Everything a bit-exact resume needs, as tensors and plain values (DESIGN.md)."""
+    rng = gather_object([capture_rng_state()]) if accelerator.num_processes > 1 else [capture_rng_state()]
+    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+    return {"student": accelerator.unwrap_model(student).state_dict(), "teacher": teacher.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler, "center": dino_loss.center.detach().cpu(),
+            "step": step, "epoch": epoch, "rng": rng, "config": to_dict(cfg), "kind": "solider_pretrain"}
+
+
+def restore_state(state, accelerator, student, teacher, optimizer, dino_loss) -> int:
+    accelerator.unwrap_model(student).load_state_dict(state["student"])
+    teacher.load_state_dict(state["teacher"])
+    optimizer.load_state_dict(state["optimizer"])
+    if accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    dino_loss.center.copy_(state["center"].to(dino_loss.center.device))
+    rng = state.get("rng") or []
+    if len(rng) == accelerator.num_processes:
+        restore_rng_state(rng[accelerator.process_index])
+    else:
+        logger.warning("checkpoint has RNG states of %d processes, this run has %d: not restored, so the "
+                       "continuation is not bit-identical", len(rng), accelerator.num_processes)
+    return int(state["step"])
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_arg_parser(PretrainConfig, __doc__, prog="solider/pretrain.py")
+    args = parser.parse_args(argv)
+    if args.config is None and not args.overrides and DEMO_CONFIG.is_file():
+        args.config = str(DEMO_CONFIG)
+    cfg = config_from_args(PretrainConfig, args)
+    output_dir = Path(cfg.output_dir)
+    mp = cfg.train.mixed_precision
+    if mp == "auto":  # accelerate launch's setting if there is one, else bf16 on GPU, no on CPU
+        mp = None if "ACCELERATE_MIXED_PRECISION" in os.environ else (
+            "bf16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(mixed_precision=mp, log_with="tensorboard", project_dir=str(output_dir))
+    setup_logging(accelerator.is_main_process)
+    seed_everything(cfg.seed + accelerator.process_index, deterministic=cfg.train.deterministic)
+    device, world = accelerator.device, accelerator.num_processes
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+
+    # ---- data
+    synthetic = None
+    if cfg.data.root is None:
+        with accelerator.main_process_first():
+            synthetic = synthetic_root(cfg.data.cache_dir, cfg.data.synthetic_ids,
+                                       cfg.data.synthetic_images_per_camera, seed=0)
+    source = resolve_crop_source(cfg.data.root, cfg.data.keypoints, synthetic)
+    aug = cfg.augment
+    transform = MultiCropTransform(cfg.model.img_size, cfg.model.local_size, aug.n_local, aug.global_scale,
+                                   aug.local_scale, aug.ratio, mean=aug.mean, std=aug.std)
+    dataset = PerSampleSeeded(build_pretrain_dataset(source, transform, cfg.data.min_height,
+                                                     cfg.data.max_aspect), cfg.seed)
+    sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed, accelerator.process_index, world)
+    # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
+    # a private generator keeps the loader from drawing on the global RNG (exact resume).
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                                         pin_memory=device.type == "cuda", generator=torch.Generator())
+    monitor_root = cfg.monitor.data_root or source.market_root
+    monitor = (monitor_datasets(monitor_split(monitor_root, cfg.monitor.max_images), cfg.model.img_size,
+                                aug.mean, aug.std) if monitor_root and accelerator.is_main_process else None)
+
+    # ---- networks, optimiser, schedules, state
+    student, teacher = build_networks(cfg)
+    teacher.to(device)
+    optimizer = build_optimizer(cfg, student)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    unwrapped = accelerator.unwrap_model(student)
+    spe = sampler.batches_per_epoch
+    sched = build_schedules(cfg, spe, cfg.train.batch_size * world)
+    dino_loss = DINOLoss(cfg.dino.out_dim, 2, cfg.dino.student_temp, cfg.dino.teacher_temp,
+                         cfg.dino.warmup_teacher_temp, cfg.dino.warmup_teacher_temp_epochs * spe,
+                         cfg.dino.center_momentum).to(device)
+    checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
+    step = 0
+    resumed = load_resume_state(cfg.resume, output_dir)
+    if resumed is not None:
+        step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
+        logger.info("resumed from %s at step %d", resumed[0], step)
+    stop = min(sched["total"], cfg.train.max_steps or sched["total"])
+    run = RunLogger(accelerator, output_dir, to_dict(cfg))
+    settings = semantic_settings(cfg)
+    if accelerator.is_main_process:
+        logger.info("TensorBoard: tensorboard --logdir %s", run.tb_dir)
+    if step == 0 and monitor is not None:
+        run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=0)
+
+    # ---- loop
+    progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, desc="pretrain")
+    last_log, tic = step, time.perf_counter()
+    data_time = 0.0
+    student.train()
+    while step < stop:
+        epoch, start_batch = divmod(step, spe)
+        sampler.set_epoch(epoch, start_batch)
+        dataset.set_epoch(epoch)
+        fetch = time.perf_counter()
+        for batch in loader:
+            data_time += time.perf_counter() - fetch
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
+            generator = torch.Generator().manual_seed(sample_seed(cfg.seed, step, accelerator.process_index))
+            with accelerator.autocast():
+                result = solider_step(batch, student, teacher, dino_loss, step, settings, generator)
+            finite = accelerator.reduce(torch.isfinite(result.loss.detach()).float().reshape(1), "min")
+            if finite.item() < 1:
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} (" + ", ".join(
+                        f"{k}={float(v):.4g}" for k, v in result.metrics.items()) + "); the run stops and "
+                    f"the last good checkpoint stays in {checkpoints.directory}. Try a lower optim.lr, "
+                    "train.mixed_precision=bf16/no, or dino.teacher_temp <= 0.04.")
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(result.loss)
+            if cfg.optim.clip_grad > 0:
+                accelerator.unscale_gradients()
+                clip_gradients(unwrapped, cfg.optim.clip_grad, cfg.optim.clip_mode)
+            cancel_last_layer_gradients(unwrapped.head, step / spe, cfg.dino.freeze_last_layer_epochs)
+            optimizer.step()
+            for name in ("backbone", "head"):  # the teacher has no part head
+                ema_update_(getattr(teacher, name), getattr(unwrapped, name), float(sched["momentum"][step]))
+            step += 1
+            progress.update(1)
+
+            if step % cfg.train.log_every == 0 or step == stop:
+                values = {f"train/{k}": v for k, v in result.metrics.items()}
+                keys = sorted(values)
+                reduced = accelerator.reduce(torch.tensor([float(values[k]) for k in keys], device=device),
+                                             "mean")
+                values = dict(zip(keys, reduced.tolist()))
+                elapsed = time.perf_counter() - tic
+                values.update({"train/lr": float(sched["lr"][step - 1]), "train/weight_decay":
+                               float(sched["wd"][step - 1]), "train/momentum": float(sched["momentum"][step - 1]),
+                               "train/images_per_s": (step - last_log) * cfg.train.batch_size * world / elapsed,
+                               "train/data_time_share": data_time / max(elapsed, 1e-9),
+                               "train/memory_mb": _memory_mb(device), "train/epoch": step / spe})
+                run.log(values, step=step)
+                progress.set_postfix(loss=f"{values['train/loss']:.3f}")
+                last_log, tic, data_time = step, time.perf_counter(), 0.0
+            if cfg.train.image_every and step % cfg.train.image_every == 0 and result.parts is not None:
+                g = batch["global_crops"][:, 0]
+                n = g.shape[0]
+                run.log_image("train/part_labels", part_overlay_grid(
+                    g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std), step)
+            if step % cfg.checkpoint.every_steps == 0:
+                checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
+                                                  step, step / spe), step, periodic=True)
+            if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
+                run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
+            if step >= stop:
+                break
+            fetch = time.perf_counter()
+        if step % spe == 0 or step >= stop:  # end of an epoch, or of the run
+            checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
+                                              step, step / spe), step)
+            if not cfg.monitor.every_steps and monitor is not None:
+                run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
+        accelerator.wait_for_everyone()
+    progress.close()
+    failures = dataset.load_failures
+    if failures:
+        logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)
+    final = {"step": step, "checkpoint": str(checkpoints.directory / "last.pt"), "tensorboard": str(run.tb_dir)}
+    run.close()
+    if accelerator.is_main_process:
+        logger.info("done: checkpoint %s; TensorBoard: tensorboard --logdir %s", final["checkpoint"],
+                    final["tensorboard"])
+    return final
+
+
+if __name__ == "__main__":
+    main()

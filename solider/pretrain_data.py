@@ -1,0 +1,109 @@
+"""Data for pretraining: the crops (+ keypoints), the synthetic default, and the monitor split.
+
+``data.root`` may be a folder tree of crops, a list file, or a Market-format root (then only its
+``bounding_box_train`` is used, so the monitor's query/gallery never leak into pretraining). With no
+``data.root``, the synthetic generator's data is written once into ``data.cache_dir`` and used.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from solider.data.datasets import MultiCropDataset, ReIDImageDataset
+from solider.data.keypoints import match_keypoints, read_keypoints
+from solider.data.market import MarketDataset, find_market_root, read_market1501
+from solider.data.multicrop import MultiCropTransform
+from solider.data.synthetic import generate_market_dataset
+from solider.data.transforms import build_reid_test_transform
+from solider.data.unlabeled import index_unlabeled_images
+from solider.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+SYNTHETIC_CAMERAS = 4
+
+
+@dataclass
+class CropSource:
+    images: str  # folder or list file indexed for crops
+    keypoints: str | None  # keypoints file, or None
+    keypoint_root: str | None  # root the keypoint keys are relative to
+    market_root: str | None  # a labeled Market-format root usable by the monitor
+
+
+def synthetic_root(cache_dir: str | Path, ids: int, images_per_camera: int, seed: int) -> Path:
+    """Generate the synthetic Market-format set once (atomically) and return its folder."""
+    root = Path(cache_dir) / f"market_ids{ids}_cams{SYNTHETIC_CAMERAS}_ipc{images_per_camera}_seed{seed}"
+    if (root / "synthetic.json").is_file():
+        return root
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("generating the synthetic dataset into %s (once)", root)
+    generate_market_dataset(tmp, ids=ids, cameras=SYNTHETIC_CAMERAS, images_per_camera=images_per_camera,
+                            seed=seed)
+    if not (tmp / "synthetic.json").is_file():
+        (tmp / "synthetic.json").write_text(json.dumps({"ids": ids, "seed": seed}))
+    tmp.rename(root)
+    return root
+
+
+def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path | None) -> CropSource:
+    """Where the crops, their keypoints and (if any) a labeled split for monitoring come from."""
+    if root is None:
+        if synthetic is None:
+            raise ValueError("data.root is not set and no synthetic set was prepared")
+        return CropSource(str(synthetic / "bounding_box_train"), keypoints or str(synthetic / "keypoints.jsonl"),
+                          str(synthetic), str(synthetic))
+    path = Path(root)
+    if not path.exists():
+        raise FileNotFoundError(f"data.root={root}: no such folder or list file")
+    market = find_market_root(path) if path.is_dir() else None
+    if market is not None:
+        logger.info("data.root %s is a Market-format root: pretraining on its bounding_box_train only", root)
+        return CropSource(str(market / "bounding_box_train"), keypoints, str(market), str(market))
+    return CropSource(str(path), keypoints, str(path if path.is_dir() else path.parent), None)
+
+
+def build_pretrain_dataset(source: CropSource, transform: MultiCropTransform, min_height: int,
+                           max_aspect: float) -> MultiCropDataset:
+    """Index the crops (filters from the sampling guidelines), attach keypoints where they exist."""
+    index = index_unlabeled_images(source.images, min_height=min_height, max_aspect=max_aspect)
+    for reason, count in index.skipped.items():
+        if count:
+            logger.warning("pretraining data: %d crops dropped (%s)", count, reason)
+    keypoints = None
+    if source.keypoints is not None:
+        table = read_keypoints(source.keypoints)
+        sizes = [e.size for e in index.entries]
+        keypoints = match_keypoints(index.paths, table, root=source.keypoint_root, image_sizes=sizes)
+    logger.info("pretraining on %d crops from %s (%s)", len(index), source.images,
+                "no keypoints" if keypoints is None else
+                f"keypoints for {sum(k is not None for k in keypoints)}")
+    return MultiCropDataset(index.entries, transform, keypoints=keypoints)
+
+
+def monitor_split(market_root: str, max_images: int) -> MarketDataset:
+    """Query and gallery of a Market-format root, capped to ``max_images`` by whole identities."""
+    data = read_market1501(market_root)
+    pids = sorted({r.pid for r in data.query})
+    keep: set[int] = set()
+    count = 0
+    for pid in pids:
+        n = sum(r.pid == pid for r in data.query) + sum(r.pid == pid for r in data.gallery)
+        if keep and count + n > max_images:
+            break
+        keep.add(pid)
+        count += n
+    # distractors and junk-free negatives of other identities stay out: only kept identities
+    data.query = [r for r in data.query if r.pid in keep]
+    data.gallery = [r for r in data.gallery if r.pid in keep]
+    return data
+
+
+def monitor_datasets(data: MarketDataset, img_size: tuple[int, int], mean, std
+                     ) -> tuple[ReIDImageDataset, ReIDImageDataset]:
+    transform = build_reid_test_transform(img_size, mean, std)
+    return ReIDImageDataset(data.query, transform), ReIDImageDataset(data.gallery, transform)

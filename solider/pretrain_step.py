@@ -1,0 +1,141 @@
+"""The math of one SOLIDER pretraining step, free of data loading, optimisers and accelerate.
+
+Order (official ``main_solider.py``, made explicit):
+
+1. λ per image (binary or uniform), shared by all its crops and by the teacher's DINO pass;
+2. part labels of the global crops: from keypoints where an image has them, otherwise by
+   clustering the teacher's last-stage map computed with λ = 1 (that pass only runs when needed);
+3. the teacher's DINO targets on the global crops with the per-image λ;
+4. one part k is erased from the labelled global crops ("masked images", official);
+5. the student on [masked, global, local] crops; its part head on the tokens of the masked
+   images and of their unmasked originals (same labels for both);
+6. loss = DINO(student on unmasked crops, teacher) + w · λ-weighted part cross-entropy.
+
+With semantics off this is plain DINO (the controller still gets a fixed λ, 0 by default, as the
+official ``main_dino.py`` feeds it).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from solider.dino import DINOLoss
+from solider.models.multicrop import MultiCropNet, token_grid
+from solider.semantics import (PartLabels, choose_part, cluster_part_labels, combine_part_labels,
+                               expand_to_crops, keypoint_part_labels, mask_part, part_classification_loss,
+                               sample_semantic_weights, to_crop_major)
+
+
+class SemanticSettings(NamedTuple):
+    enabled: bool = True
+    weight_mode: str = "binary"  # "binary" {0,1} (official) or "uniform" U[0,1]
+    fixed_weight: float | None = None  # overrides sampling (DINO-only runs: 0)
+    num_parts: int = 3
+    label_source: str = "auto"  # "auto" | "keypoints" | "clustering"
+    min_foreground: float = 0.5
+    masking: bool = True
+    loss_weight: float = 1.0
+
+
+class StepResult(NamedTuple):
+    loss: Tensor  # scalar, differentiable
+    metrics: dict[str, float | Tensor]  # detached scalars for logging
+    parts: PartLabels | None  # labels of the global crops (crop-major), for visualisation
+
+
+def semantic_weights(batch_size: int, settings: SemanticSettings, generator: torch.Generator,
+                     device: torch.device) -> Tensor:
+    """(B,) λ per image for this step."""
+    if settings.fixed_weight is not None:
+        return torch.full((batch_size,), float(settings.fixed_weight), device=device)
+    if not settings.enabled:
+        return torch.zeros(batch_size, device=device)
+    return sample_semantic_weights(batch_size, settings.weight_mode, generator=generator, device=device)
+
+
+@torch.no_grad()
+def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet, settings: SemanticSettings) -> PartLabels:
+    """Part labels of the crop-major global crops (2B, h, w), with their source per crop."""
+    grid = token_grid(globals_.shape[-2:], num_stages=len(teacher.backbone.stages))
+    from_kpts = None
+    if settings.label_source != "clustering" and bool(batch["has_keypoints"].any()):
+        kpts = to_crop_major(batch["global_keypoints"]).to(globals_.device)
+        from_kpts = keypoint_part_labels(kpts, tuple(globals_.shape[-2:]), grid=grid,
+                                         num_parts=settings.num_parts)
+    from_clusters = None
+    need_clusters = from_kpts is None or not bool(from_kpts[1].all())
+    if settings.label_source != "keypoints" and need_clusters:
+        fmap = teacher.last_map(globals_, 1.0).float()
+        from_clusters = cluster_part_labels(fmap, num_parts=settings.num_parts,
+                                            min_foreground=settings.min_foreground)
+    if from_kpts is None and from_clusters is None:  # label_source="keypoints" and none in the batch
+        n = globals_.shape[0]
+        empty = torch.zeros(n, *grid, dtype=torch.long, device=globals_.device)
+        from_kpts = (empty, torch.zeros(n, dtype=torch.bool, device=globals_.device))
+    return combine_part_labels(from_kpts, from_clusters)
+
+
+def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLoss, step: int,
+                 settings: SemanticSettings, generator: torch.Generator) -> StepResult:
+    """Forward both networks and compute the loss of one step (see the module docstring).
+
+    Args:
+        batch: collated multi-crop items on the device: ``global_crops`` (B, 2, 3, Hg, Wg),
+            ``local_crops`` (B, L, 3, Hl, Wl), ``global_keypoints`` (B, 2, 17, 3), ``has_keypoints`` (B,).
+        student: the (possibly DDP-wrapped) student :class:`MultiCropNet`; called exactly once.
+        teacher: the teacher :class:`MultiCropNet` (no part head, no gradients).
+        dino_loss: updates its centre as a side effect.
+        step: global step (teacher-temperature schedule).
+        generator: CPU generator for λ and the erased part (seeded per step by the caller).
+    """
+    globals_ = to_crop_major(batch["global_crops"])  # (2B, 3, Hg, Wg)
+    locals_ = to_crop_major(batch["local_crops"])  # (L*B, 3, Hl, Wl)
+    n_img, n_global = batch["global_crops"].shape[:2]
+    n_local = batch["local_crops"].shape[1]
+    device = globals_.device
+    lam = semantic_weights(n_img, settings, generator, device)
+    lam_g, lam_l = expand_to_crops(lam, n_global), expand_to_crops(lam, n_local)
+
+    parts = part_labels(batch, globals_, teacher, settings) if settings.enabled else None
+    with torch.no_grad():
+        teacher_out = teacher([globals_], [lam_g]).head
+
+    part_index = masked = None
+    labels = weights = None
+    if parts is not None:
+        selected = parts.valid.nonzero().squeeze(1)  # labelled global crops
+        labels, weights = parts.labels[selected], lam_g[selected]
+        if settings.masking:
+            masked = mask_part(globals_[selected], labels, choose_part(settings.num_parts, generator))
+            part_index = torch.cat([torch.arange(len(selected), device=device), len(selected) + selected])
+            labels, weights = labels.repeat(2, 1, 1), weights.repeat(2)
+        else:
+            part_index = selected
+    n_masked = 0 if masked is None else masked.shape[0]
+    first = globals_ if masked is None else torch.cat([masked, globals_])
+    first_lam = lam_g if masked is None else torch.cat([lam_g[parts.valid], lam_g])
+    out = student([first, locals_], [first_lam, lam_l], part_index=part_index)
+
+    dino = dino_loss(out.head[n_masked:], teacher_out, step)
+    loss = dino.loss
+    metrics: dict[str, float | Tensor] = {
+        "dino_loss": dino.loss.detach(), "teacher_entropy": dino.teacher_entropy, "kl": dino.kl,
+        "student_std": dino.student_std, "teacher_temp": dino.teacher_temp,
+        "semantic_weight_mean": lam.mean(),
+    }
+    if parts is not None:
+        part_loss, part_acc = part_classification_loss(out.part_logits, labels, weights)
+        loss = loss + settings.loss_weight * part_loss
+        n = float(parts.valid.numel())
+        metrics.update({
+            "semantic_loss": part_loss.detach(), "part_accuracy": part_acc,
+            "labelled_share": parts.valid.float().sum() / n,
+            "keypoint_label_share": (parts.source == 1).float().sum() / n,
+            "cluster_label_share": (parts.source == 2).float().sum() / n,
+            "masked_images": float(n_masked),
+        })
+    metrics["loss"] = loss.detach()
+    return StepResult(loss, metrics, parts)
