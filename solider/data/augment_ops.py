@@ -47,12 +47,10 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) - c.unsqueeze(1) * w
 
 
-def _span(mask: torch.Tensor) -> slice | None:
-    """Smallest slice covering the True entries of a 1-D mask (None if there are none)."""
-    idx = mask.nonzero()
-    if idx.numel() == 0:
-        return None
-    return slice(int(idx[0]), int(idx[-1]) + 1)
+def _span(selected: list[bool]) -> slice | None:
+    """Smallest slice covering the selected samples (None if there are none)."""
+    idx = [i for i, sel in enumerate(selected) if sel]
+    return slice(idx[0], idx[-1] + 1) if idx else None
 
 
 @dataclass
@@ -91,7 +89,8 @@ def color_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
 
     Every hue step must act on one contiguous slice of samples: parameters from ``sample_jitter`` are
     sorted that way; others are handled by sorting the batch (two gathers). The cheap steps run with
-    identity factors (exact no-ops) on samples in their span that do not use them.
+    identity factors (exact no-ops) on samples in their span that do not use them. The control flow
+    runs on Python lists: for a handful of crops, tiny tensor ops would cost more than the maths.
 
     Args:
         x: (N, 3, H, W) float in [0, 1]; may be modified in place.
@@ -101,20 +100,20 @@ def color_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
         (N, 3, H, W) jittered tensor.
     """
     n = x.shape[0]
-    op_at = torch.where(params.apply.view(-1, 1), params.order, -1)  # (N, 4): op per position
     hue_pos = _hue_positions(params.apply, params.order)
-    perm = torch.argsort(hue_pos, stable=True)
-    sorted_ok = bool((perm == torch.arange(n)).all())
-    if not sorted_ok:
-        x, op_at, hue_pos = x[perm], op_at[perm], hue_pos[perm]
-    factors = params.factors if sorted_ok else params.factors[perm]
+    perm = None if bool((hue_pos[1:] >= hue_pos[:-1]).all()) else torch.argsort(hue_pos, stable=True)
+    apply, order, factors = params.apply, params.order, params.factors
+    if perm is not None:
+        x, apply, order, factors, hue_pos = x[perm], apply[perm], order[perm], factors[perm], hue_pos[perm]
+    apply_l, order_l, factors_l, hue_l = apply.tolist(), order.tolist(), factors.tolist(), hue_pos.tolist()
     for pos in range(4):
-        col = op_at[:, pos]
+        op_at = [order_l[i][pos] if apply_l[i] else -1 for i in range(n)]
         for op in (BRIGHTNESS, CONTRAST, SATURATION):
-            span = _span(col == op)
+            span = _span([o == op for o in op_at])
             if span is None:
                 continue
-            f = torch.where(col[span] == op, factors[span, op], 1.0).view(-1, 1, 1, 1)
+            f = [factors_l[i][op] if op_at[i] == op else 1.0 for i in range(span.start, span.stop)]
+            f = torch.tensor(f).view(-1, 1, 1, 1)
             part = x[span]
             if op == BRIGHTNESS:
                 part.mul_(f)
@@ -125,61 +124,67 @@ def color_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
                 gray = grayscale(part).mul_(1 - f)  # before part changes
                 part.mul_(f).add_(gray)
             part.clamp_(0, 1)
-        span = _span(hue_pos == pos)
+        span = _span([h == pos for h in hue_l])
         if span is not None:
             x[span] = adjust_hue(x[span], factors[span, HUE])
-    if not sorted_ok:
+    if perm is not None:
         x = x[torch.argsort(perm)]
     return x
 
 
-def to_grayscale_(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _selected(mask: torch.Tensor | list[bool]) -> list[int]:
+    return [i for i, sel in enumerate(mask.tolist() if isinstance(mask, torch.Tensor) else mask) if sel]
+
+
+def to_grayscale_(x: torch.Tensor, mask: torch.Tensor | list[bool]) -> torch.Tensor:
     """Replace the samples selected by ``mask`` (N,) with their 3-channel luma, in place."""
-    for i in mask.nonzero().flatten().tolist():
+    for i in _selected(mask):
         x[i] = grayscale(x[i : i + 1])[0]
     return x
 
 
-def gaussian_blur_(x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def gaussian_blur_(x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor | list[bool]) -> torch.Tensor:
     """Separable Gaussian blur of the samples selected by ``mask``, in place.
 
     Each sample uses its own sigma and kernel radius ceil(3 sigma) (capped by the image size for the
     reflect padding), like ``torchvision...gaussian_blur(kernel_size=2*ceil(3*sigma)+1)``. The taps are
     applied as shifted multiply-adds over a contiguous span of samples (unselected ones in the span
-    get a unit kernel), much faster on CPU than a grouped convolution.
+    get a unit kernel), much faster on CPU than a grouped convolution. One reflect padding serves
+    both passes (the horizontal pass also runs over the padded rows; reflection commutes with it).
 
     Args:
         x: (N, C, H, W) float.
         sigma: (N,) standard deviations in pixels.
         mask: (N,) bool, which samples to blur.
     """
-    span = _span(mask)
+    selected = mask.tolist() if isinstance(mask, torch.Tensor) else list(mask)
+    span = _span(selected)
     if span is None:
         return x
-    part, sig, sel = x[span], sigma[span], mask[span]
+    part, sig = x[span], sigma[span]
+    sel = torch.tensor(selected[span])
     _, _, h, w = part.shape
     radius = torch.ceil(3 * sig).clamp(min=1)
-    r = int(min(radius[sel].max().item(), h - 1, w - 1))
+    r = int(min(max(rad for rad, s in zip(radius.tolist(), selected[span]) if s), h - 1, w - 1))
     if r < 1:
         return x
     t = torch.arange(-r, r + 1, dtype=x.dtype)
     ker = torch.exp(-0.5 * (t / sig.view(-1, 1)) ** 2) * (t.abs() <= radius.view(-1, 1))
     ker = torch.where(sel.view(-1, 1), ker, (t == 0).to(x.dtype))
     ker = (ker / ker.sum(1, keepdim=True)).view(-1, 1, 1, 1, 2 * r + 1)
-    padded = F.pad(part, (r, r, 0, 0), mode="reflect")
-    rows = torch.zeros_like(part)
+    padded = F.pad(part, (r, r, r, r), mode="reflect")
+    rows = torch.zeros(part.shape[:2] + (h + 2 * r, w), dtype=x.dtype)
     for i in range(2 * r + 1):
         rows.addcmul_(padded[..., i : i + w], ker[..., i])
-    padded = F.pad(rows, (0, 0, r, r), mode="reflect")
     part.zero_()
     for i in range(2 * r + 1):
-        part.addcmul_(padded[..., i : i + h, :], ker[..., i])
+        part.addcmul_(rows[..., i : i + h, :], ker[..., i])
     return x
 
 
-def solarize_(x: torch.Tensor, mask: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
+def solarize_(x: torch.Tensor, mask: torch.Tensor | list[bool], threshold: float = 128 / 255) -> torch.Tensor:
     """Invert values >= threshold (PIL ``ImageOps.solarize``) for the selected samples, in place."""
-    for i in mask.nonzero().flatten().tolist():
+    for i in _selected(mask):
         s = x[i]
         # |s - 1| = 1 - s where s >= threshold, |s - 0| = s elsewhere: no slow torch.where.
         x[i] = (s - (s >= threshold).to(s.dtype)).abs_()

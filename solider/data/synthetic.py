@@ -169,7 +169,9 @@ def generate_market_dataset(
         if item.pid == 0:
             app = sample_appearance(rng)
         else:
-            app = apps.setdefault(item.pid, identity_appearance(seed, item.pid))
+            if item.pid not in apps:
+                apps[item.pid] = identity_appearance(seed, item.pid)
+            app = apps[item.pid]
         crop = render_crop(app, cam_list[item.camera], rng, size)
         mid = time.perf_counter()
         rel = f"{item.split}/{item.name}"

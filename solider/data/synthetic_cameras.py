@@ -147,7 +147,9 @@ def apply_camera(img: np.ndarray, camera: Camera, rng: np.random.Generator) -> n
     """The camera's look on a uint8 (h, w, 3) image: tone curve, sensor blur, noise."""
     h, w, _ = img.shape
     lut = tone_curve(camera, rng.uniform(0.92, 1.08))
-    out = np.take(lut.reshape(-1), img + np.array([0, 256, 512], np.int16))  # per-channel table lookup
+    out = np.empty_like(img)
+    for c in range(3):  # per-channel table lookup
+        out[..., c] = lut[c].take(img[..., c])
     if camera.downsample > 1:
         out = _low_resolution(out, camera.downsample)
     ny, nx = (

@@ -308,24 +308,25 @@ def _finish(cv: _Canvas, app: Appearance, pr: _Projector, j: dict, top: float) -
         rgb,
         alpha,
         part,
-        _project(ids, depth, pr, j, COCO_JOINTS),
-        _project(ids, depth, pr, j, ORA_JOINTS),
+        *_project(ids, depth, pr, j, (COCO_JOINTS, ORA_JOINTS)),
         (x0, y0, x1, y1),
     )
 
 
 def _project(
-    ids: np.ndarray, depth: np.ndarray, pr: _Projector, j: dict, names: tuple[str, ...]
-) -> np.ndarray:
-    """(len(names), 3): canvas x, y and visibility 2 seen / 1 covered by something nearer / 0 outside."""
+    ids: np.ndarray, depth: np.ndarray, pr: _Projector, j: dict, groups: tuple[tuple[str, ...], ...]
+) -> list[np.ndarray]:
+    """Per group of joint names a (len, 3) array: canvas x, y and visibility 2 seen / 1 covered by
+    something nearer / 0 outside the canvas. All groups are projected in one go."""
+    names = [n for group in groups for n in group]
     pts = np.stack([j[n] for n in names])
     x = pr.cx + (pts @ pr.right) * pr.scale
     y = pr.top + pts[:, 1] * pr.scale
-    d = pts @ pr.toward
     h, w = ids.shape
     inside = (x >= 0) & (x <= w) & (y >= 0) & (y <= h)
     iy, ix = np.clip(y.astype(np.int64), 0, h - 1), np.clip(x.astype(np.int64), 0, w - 1)
-    covered = depth[ids[iy, ix]] > d + 0.04
+    covered = depth[ids[iy, ix]] > pts @ pr.toward + 0.04
     out = np.stack([x, y, np.where(covered, 1.0, 2.0)], axis=1).astype(np.float32)
     out[~inside] = 0
-    return out
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

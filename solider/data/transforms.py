@@ -45,8 +45,11 @@ def interpolation_mode(name: str) -> InterpolationMode:
 
 
 def _as_uint8(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8 stored channels-last: torch's vectorised uint8 resize needs that layout."""
     if isinstance(image, Image.Image):
-        return pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
+        image = pil_to_tensor(image if image.mode == "RGB" else image.convert("RGB"))
+    if image.stride(0) != 1:
+        image = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     return image
 
 

@@ -85,5 +85,7 @@ def test_pil_input_and_bad_tensor():
     t = MultiCropTransform(global_size=(32, 16), local_size=(16, 8), n_local=1)
     out = t(Image.new("L", (30, 60), 100))
     assert out["global_crops"].shape == (2, 3, 32, 16)
+    one_pixel = t(torch.full((3, 1, 1), 200, dtype=torch.uint8))  # a 1x1 image still gives valid crops
+    assert one_pixel["global_crops"].shape == (2, 3, 32, 16) and torch.isfinite(one_pixel["local_crops"]).all()
     with pytest.raises(ValueError, match=r"expected a \(3, H, W\) uint8 tensor"):
         t(torch.zeros(3, 10, 10))
