@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from solider.data import synthetic_cameras as cams
+from solider.data.keypoints import sanitize
 from solider.data.synthetic_people import PALETTE, Appearance, sample_appearance, sample_pose
 from solider.data.synthetic_render import render_person
 
@@ -48,44 +49,51 @@ def make_cameras(seed: int, count: int, size: tuple[int, int]) -> list[cams.Came
     return [cams.sample_camera(np.random.default_rng([seed, 1, c]), c, size) for c in range(count)]
 
 
-def _bystander(rng: np.random.Generator, img: np.ndarray) -> None:
+def _bystander(rng: np.random.Generator, img: np.ndarray, camera: cams.Camera) -> None:
     """A partial other person at the left or right edge (a torso and a head), drawn in place."""
     h, w, _ = img.shape
     bw, top = int(w * rng.uniform(0.15, 0.3)), int(h * rng.uniform(0.1, 0.3))
     cols = slice(0, bw) if rng.random() < 0.5 else slice(w - bw, w)
-    img[top:, cols] = (PALETTE[rng.integers(len(PALETTE))] * (255 * rng.uniform(0.6, 1.0))).astype(np.uint8)
-    img[max(0, top - h // 9) : top, cols] = (204, 166, 128)
+    img[top:, cols] = cams.tone(camera, PALETTE[rng.integers(len(PALETTE))] * (255 * rng.uniform(0.6, 1.0)))
+    img[max(0, top - h // 9) : top, cols] = cams.tone(camera, np.array([204.0, 166.0, 128.0]))
 
 
 def render_crop(
     app: Appearance, camera: cams.Camera, rng: np.random.Generator, size: tuple[int, int]
 ) -> CropRender:
-    """One image of a person seen by ``camera``: background, pose, placement, occlusion, sensor look."""
+    """One image of a person seen by ``camera``: background, pose, placement, occlusion, sensor look.
+
+    The camera's tone curve is applied to colours (background tile, the person's 13 material colours),
+    not to pixels, and a low-resolution camera renders the scene at 1/f of the size and expands it:
+    both are what a sensor does, and both keep the generator fast.
+    """
     h, w = size
-    canvas = cams.crop_background(rng, camera, h, w)
+    f = camera.downsample
+    rh, rw = -(-h // f), -(-w // f)
+    canvas = cams.crop_background(rng, camera, h, w)[::f, ::f].copy()
     if rng.random() < 0.2:
-        _bystander(rng, canvas)
-    height = h * camera.scale * rng.uniform(0.93, 1.07)
-    top = (h - height) * rng.uniform(0.25, 0.75)
-    person = render_person(
-        app,
-        sample_pose(rng, cams.sample_view(rng, camera)),
-        size,
-        w * (0.5 + rng.uniform(-0.07, 0.07)),
-        top,
-        height,
-    )
+        _bystander(rng, canvas, camera)
+    height = rh * camera.scale * rng.uniform(0.93, 1.07)
+    top = (rh - height) * rng.uniform(0.25, 0.75)
+    pose = sample_pose(rng, cams.sample_view(rng, camera))
+    palette = cams.tone(camera, app.colours * 255.0, rng.uniform(0.92, 1.08))
+    person = render_person(app, pose, (rh, rw), rw * (0.5 + rng.uniform(-0.07, 0.07)), top, height, palette)
     x0, y0, x1, y1 = person.box
     np.copyto(canvas[y0:y1, x0:x1], person.rgb[y0:y1, x0:x1], where=person.alpha[y0:y1, x0:x1, None])
     part, kpts = person.part, person.keypoints
+    if f > 1:
+        canvas = cams.upsample(canvas, f, size)
+        part = part.repeat(f, 0).repeat(f, 1)[:h, :w]
+        kpts[:, :2] *= f
+        kpts = sanitize(kpts, (w, h))
     if rng.random() < camera.occlusion_p:
         rows, cols, colour = cams.occluder(rng, h, w)
-        canvas[rows, cols] = colour
+        canvas[rows, cols] = cams.tone(camera, colour.astype(np.float32))
         part[rows, cols] = 0
         x, y = kpts[:, 0], kpts[:, 1]
         under = (y >= rows.start) & (y < rows.stop) & (x >= cols.start) & (x < cols.stop) & (kpts[:, 2] == 2)
         kpts[under, 2] = 1
-    return CropRender(cams.apply_camera(canvas, camera, rng), part, kpts)
+    return CropRender(cams.add_noise(canvas, camera, rng), part, kpts)
 
 
 @dataclass

@@ -41,7 +41,7 @@ class Camera:
     brightness: float
     contrast: float
     gamma: float
-    downsample: int  # 1 = sharp; > 1 = low-resolution sensor (block average, then expand)
+    downsample: int  # 1 = sharp; f > 1: a low-resolution sensor (the scene is rendered 1/f, then expanded)
     noise_sigma: float
     jpeg_quality: int
     occlusion_p: float
@@ -75,7 +75,7 @@ def sample_camera(rng: np.random.Generator, index: int, size: tuple[int, int]) -
     h, w = size
     gains = rng.uniform(0.78, 1.22, 3).astype(np.float32)
     noise_sigma = float(rng.uniform(0.01, 0.035))
-    return Camera(
+    camera = Camera(
         index=index,
         base_view=float((BASE_VIEWS[index % 4] + rng.uniform(-25, 25)) % 360),
         scale=float(rng.uniform(0.74, 0.9)),
@@ -90,6 +90,8 @@ def sample_camera(rng: np.random.Generator, index: int, size: tuple[int, int]) -
         background=make_background(rng, 2 * h, 2 * w),
         noise=np.round(rng.normal(0, 255 * noise_sigma, size=(2 * h, 2 * w, 3))).astype(np.int16),
     )
+    camera.background = tone(camera, camera.background)  # the scene as this camera renders it
+    return camera
 
 
 def sample_view(rng: np.random.Generator, camera: Camera) -> float:
@@ -117,18 +119,23 @@ def occluder(rng: np.random.Generator, h: int, w: int) -> tuple[slice, slice, np
     return slice(top, h), slice(0, w), colour
 
 
-def _low_resolution(img: np.ndarray, factor: int) -> np.ndarray:
-    """Low-resolution sensor on uint8 (h, w, 3): average factor x factor blocks, expand, soften the blocks."""
-    h, w, _ = img.shape
-    hp, wp = -(-h // factor) * factor, -(-w // factor) * factor
-    if (hp, wp) != (h, w):
-        img = np.pad(img, ((0, hp - h), (0, wp - w), (0, 0)), mode="edge")
-    blocks = np.zeros((hp // factor, wp // factor, 3), np.uint16)
-    for dy in range(factor):  # strided adds: far faster than a reduction over reshaped axes
-        for dx in range(factor):
-            blocks += img[dy::factor, dx::factor]
-    up = (blocks // (factor * factor)).repeat(factor, 0).repeat(factor, 1)[:h, :w]
-    up[1:] += up[:-1]  # a 2-tap box in each direction hides the block edges
+def tone(camera: Camera, rgb: np.ndarray, exposure: float = 1.0) -> np.ndarray:
+    """The camera's tone curve on 0-255 colours (any shape (..., 3)): colour cast and exposure,
+    contrast about mid-grey, then gamma. Returns the same dtype as ``rgb``."""
+    x = np.asarray(rgb, np.float32) * np.float32(1 / 255)
+    y = (x * (camera.gains * np.float32(camera.brightness * exposure)) - 0.5) * np.float32(
+        camera.contrast
+    ) + 0.5
+    np.clip(y, 0, 1, out=y)
+    out = y ** np.float32(camera.gamma) * 255
+    return np.round(out).astype(rgb.dtype) if isinstance(rgb, np.ndarray) else out
+
+
+def upsample(img: np.ndarray, factor: int, size: tuple[int, int]) -> np.ndarray:
+    """A low-resolution sensor's image shown at ``size``: repeat pixels, soften the block edges."""
+    h, w = size
+    up = img.astype(np.uint16).repeat(factor, 0).repeat(factor, 1)[:h, :w]
+    up[1:] += up[:-1]  # a 2-tap box in each direction
     up[:, 1:] += up[:, :-1]
     up[1:, 1:] >>= 2
     up[0, 1:] >>= 1
@@ -136,26 +143,13 @@ def _low_resolution(img: np.ndarray, factor: int) -> np.ndarray:
     return up.astype(np.uint8)
 
 
-def tone_curve(camera: Camera, exposure: float) -> np.ndarray:
-    """(3, 256) uint8 lookup table: colour cast and exposure, contrast about mid-grey, then gamma."""
-    x = np.arange(256, dtype=np.float64) / 255
-    y = (x[None, :] * (camera.gains[:, None] * camera.brightness * exposure) - 0.5) * camera.contrast + 0.5
-    return np.round(np.clip(y, 0, 1) ** camera.gamma * 255).astype(np.uint8)
-
-
-def apply_camera(img: np.ndarray, camera: Camera, rng: np.random.Generator) -> np.ndarray:
-    """The camera's look on a uint8 (h, w, 3) image: tone curve, sensor blur, noise."""
+def add_noise(img: np.ndarray, camera: Camera, rng: np.random.Generator) -> np.ndarray:
+    """Sensor noise: a random window of the camera's noise tile added to a uint8 (h, w, 3) image."""
     h, w, _ = img.shape
-    lut = tone_curve(camera, rng.uniform(0.92, 1.08))
-    out = np.empty_like(img)
-    for c in range(3):  # per-channel table lookup
-        out[..., c] = lut[c].take(img[..., c])
-    if camera.downsample > 1:
-        out = _low_resolution(out, camera.downsample)
     ny, nx = (
         int(rng.integers(0, camera.noise.shape[0] - h + 1)),
         int(rng.integers(0, camera.noise.shape[1] - w + 1)),
     )
-    noisy = out + camera.noise[ny : ny + h, nx : nx + w]
+    noisy = img + camera.noise[ny : ny + h, nx : nx + w]
     np.clip(noisy, 0, 255, out=noisy)
     return noisy.astype(np.uint8)

@@ -45,8 +45,10 @@ def _place(rng: np.random.Generator, n: int, frame: tuple[int, int]) -> list[tup
     """(centre x, height in pixels) for n people side by side, smaller (farther) ones first."""
     fh, fw = frame
     slots = rng.permutation(n)
-    heights = np.sort(rng.uniform(0.45, 0.8, n) * fh)
-    return [((slots[i] + 0.5 + rng.uniform(-0.15, 0.15)) * fw / n, float(heights[i])) for i in range(n)]
+    # a walking person is up to ~0.55 of their height wide: keep neighbours apart
+    top_height = min(0.8 * fh, 1.5 * fw / n)
+    heights = np.sort(rng.uniform(0.56, 1.0, n) * top_height)
+    return [((slots[i] + 0.5 + rng.uniform(-0.1, 0.1)) * fw / n, float(heights[i])) for i in range(n)]
 
 
 def _hard_extra(rng: np.random.Generator, frame: tuple[int, int]) -> tuple[float, float, float]:
@@ -57,10 +59,12 @@ def _hard_extra(rng: np.random.Generator, frame: tuple[int, int]) -> tuple[float
         return (float(rng.choice([-0.02, 1.02]) * fw), 0.6 * fh, 0.0)
     if kind == 1:  # tiny, far away
         return (float(rng.uniform(0.1, 0.9) * fw), 0.12 * fh, -0.35 * fh)
-    return (-1.0, 0.0, 0.0)  # mostly hidden: placed later right in front of someone
+    return (-1.0, 0.0, 0.0)  # mostly hidden: placed later right behind someone
 
 
-def _draw_people(frame_img: np.ndarray, people: list, rng: np.random.Generator) -> list[dict]:
+def _draw_people(
+    frame_img: np.ndarray, people: list, camera: cams.Camera, rng: np.random.Generator
+) -> list[dict]:
     """Composite people (farthest first) into the frame; returns their labels."""
     fh, fw, _ = frame_img.shape
     owner = np.full((fh, fw), -1, np.int32)
@@ -68,9 +72,9 @@ def _draw_people(frame_img: np.ndarray, people: list, rng: np.random.Generator) 
     for i, (app, pid, cx, height, foot_shift) in enumerate(people):
         lh, lw = int(height * 1.12) + 2, int(height * 0.8) + 2
         top_in_frame = fh * 0.97 - height + foot_shift
-        person = render_person(
-            app, sample_pose(rng, float(rng.uniform(0, 360))), (lh, lw), lw / 2, 0.03 * height, height
-        )
+        pose = sample_pose(rng, float(rng.uniform(0, 360)))
+        palette = cams.tone(camera, app.colours * 255.0, rng.uniform(0.92, 1.08))
+        person = render_person(app, pose, (lh, lw), lw / 2, 0.03 * height, height, palette)
         ox, oy = int(round(cx - lw / 2)), int(round(top_in_frame - 0.03 * height))
         fy0, fy1, fx0, fx1 = max(oy, 0), min(oy + lh, fh), max(ox, 0), min(ox + lw, fw)
         alpha = person.alpha[fy0 - oy : fy1 - oy, fx0 - ox : fx1 - ox]
@@ -157,13 +161,13 @@ def generate_kitti_dataset(
             if rng.random() < 0.3:
                 extra = int(rng.integers(1, ids + 1))
                 cx, h, shift = _hard_extra(rng, frame_size)
-                if cx < 0:  # stand right in front of the biggest person
-                    cx, h, shift = people[-1][2] + 4, people[-1][3] * 1.05, 0.0
-                people.append((apps[extra], extra, cx, h, shift))
+                if cx < 0:  # stand right behind the biggest (nearest) person
+                    cx, h, shift = people[-1][2] + 4, people[-1][3] * 0.95, 0.0
+                people.insert(0, (apps[extra], extra, cx, h, shift))  # drawn first: never hides anyone
                 counts["hard_extras"] += 1
             img = cams.crop_background(rng, camera, *frame_size)
-            drawn = _draw_people(img, people, rng)
-            Image.fromarray(cams.apply_camera(img, camera, rng)).save(
+            drawn = _draw_people(img, people, camera, rng)
+            Image.fromarray(cams.add_noise(img, camera, rng)).save(
                 folder / "images" / f"{frame_no:06d}.jpg", quality=camera.jpeg_quality
             )
             (folder / "labels" / f"{frame_no:06d}.txt").write_text(

@@ -247,7 +247,13 @@ def _draw_head(cv: _Canvas, app: Appearance, pr: _Projector, j: dict) -> None:
 
 
 def render_person(
-    app: Appearance, pose: Pose, size: tuple[int, int], cx: float, top: float, height_px: float
+    app: Appearance,
+    pose: Pose,
+    size: tuple[int, int],
+    cx: float,
+    top: float,
+    height_px: float,
+    palette: np.ndarray | None = None,
 ) -> PersonRender:
     """Draw a person whose body spans about ``height_px`` pixels from ``top``, centred at ``cx``.
 
@@ -255,6 +261,7 @@ def render_person(
         app, pose: identity appearance and this image's pose / view.
         size: canvas (height, width).
         cx, top, height_px: placement in canvas pixels (continuous coordinates).
+        palette: (13, 3) colours 0-255 per material as the camera sees them; default the identity's.
     """
     cv = _Canvas(*size)
     pr = _Projector(pose.view, cx, top, height_px * app.height)
@@ -270,7 +277,7 @@ def render_person(
     calls.append((head_depth, lambda: _draw_head(cv, app, pr, j)))
     for _, draw in sorted(calls, key=lambda c: c[0]):
         draw()
-    return _finish(cv, app, pr, j, top)
+    return _finish(cv, app, pr, j, top, app.colours * 255 if palette is None else palette)
 
 
 def _pattern(kind: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
@@ -280,7 +287,9 @@ def _pattern(kind: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarr
     return {"hstripes": rows, "vstripes": cols, "checks": rows ^ cols}[kind]
 
 
-def _finish(cv: _Canvas, app: Appearance, pr: _Projector, j: dict, top: float) -> PersonRender:
+def _finish(
+    cv: _Canvas, app: Appearance, pr: _Projector, j: dict, top: float, palette: np.ndarray
+) -> PersonRender:
     """Materials, patterns, colours, shading and keypoints from the primitive-id map."""
     ids = np.asarray(cv.ids)
     lut = lambda values, dtype: np.take(np.asarray(values, dtype=dtype), ids)
@@ -299,7 +308,7 @@ def _finish(cv: _Canvas, app: Appearance, pr: _Projector, j: dict, top: float) -
             mat[(mat == VEST) & (((v > 0.36) & (v < 0.385)) | ((v > 0.43) & (v < 0.455)))] = STRIPE
         # cylinder-like shading across the body, a little darker toward the feet
         shade = np.clip(1.06 - 2.5 * u * u, 0.72, 1.06) * (1.0 - 0.12 * np.clip(v, 0, 1))
-        coloured = np.take(app.colours * 255, mat, axis=0)  # np.take: much faster than fancy indexing
+        coloured = np.take(np.asarray(palette, np.float32), mat, axis=0)  # much faster than fancy indexing
         coloured *= (shade * alpha[y0:y1, x0:x1])[..., None]
         np.clip(coloured, 0, 255, out=coloured)
         rgb[y0:y1, x0:x1] = coloured

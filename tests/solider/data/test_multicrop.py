@@ -86,6 +86,28 @@ def test_pil_input_and_bad_tensor():
     out = t(Image.new("L", (30, 60), 100))
     assert out["global_crops"].shape == (2, 3, 32, 16)
     one_pixel = t(torch.full((3, 1, 1), 200, dtype=torch.uint8))  # a 1x1 image still gives valid crops
-    assert one_pixel["global_crops"].shape == (2, 3, 32, 16) and torch.isfinite(one_pixel["local_crops"]).all()
+    assert one_pixel["global_crops"].shape == (2, 3, 32, 16)
+    assert torch.isfinite(one_pixel["local_crops"]).all()
     with pytest.raises(ValueError, match=r"expected a \(3, H, W\) uint8 tensor"):
         t(torch.zeros(3, 10, 10))
+
+
+def test_crop_box_follows_torchvision():
+    from torchvision.transforms import RandomResizedCrop
+
+    from solider.data.multicrop import UNIFORMS_PER_CROP, random_resized_crop_box
+
+    torch.manual_seed(0)
+    img = torch.zeros(3, 300, 50)
+    for scale in ((0.99, 1.0), (0.05, 0.8)):  # first: no try fits -> deterministic central fallback
+        ours = [random_resized_crop_box(300, 50, scale, (0.4, 0.6), torch.rand(UNIFORMS_PER_CROP).tolist())
+                for _ in range(400)]
+        ref = [RandomResizedCrop.get_params(img, list(scale), [0.4, 0.6]) for _ in range(400)]
+        if scale[0] > 0.9:
+            assert set(ours) == set(ref) == {(87, 0, 125, 50)}
+        for boxes in (ours, ref):
+            assert all(0 <= t and 0 <= left and t + h <= 300 and left + w <= 50 for t, left, h, w in boxes)
+        area = lambda boxes: np.mean([h * w / (300 * 50) for _, _, h, w in boxes])
+        aspect = lambda boxes: np.mean([w / h for _, _, h, w in boxes])
+        assert abs(area(ours) - area(ref)) < 0.03 and abs(aspect(ours) - aspect(ref)) < 0.03
+    assert random_resized_crop_box(1, 1, (0.05, 0.8), (0.4, 0.6), [0.5] * UNIFORMS_PER_CROP) == (0, 0, 1, 1)
