@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
     step = 0
     resumed = load_resume_state(cfg.resume, output_dir)
+    if resumed is None and (checkpoints.directory / "last.pt").exists():
+        logger.warning("%s already holds checkpoints; this run starts from scratch and will overwrite "
+                       "them (pass resume=auto to continue instead)", checkpoints.directory)
     if resumed is not None:
         step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
         logger.info("resumed from %s at step %d", resumed[0], step)

@@ -1,0 +1,98 @@
+"""Pretraining through the real entry point at a tiny size: outputs, TensorBoard tags, checkpoint
+layout, loading in the backbone loader, bit-exact resume, and the non-finite-loss stop."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from solider.checkpoint import export_official, load_backbone_weights, safe_load
+from solider.data.synthetic import generate_market_dataset
+from solider.models.swin import build_swin
+from solider.pretrain import NonFiniteLossError, main
+
+TINY = {"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7}
+
+
+@pytest.fixture(scope="module")
+def tiny_market(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_market_dataset(root, ids=8, cameras=2, images_per_camera=2, seed=0, size=(64, 32))
+    return root
+
+
+def _args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.root={root}", f"output_dir={out}", "model.arch=custom", "model.embed_dim=16",
+            "model.depths=[2,2]", "model.num_heads=[1,2]", "model.img_size=[64,32]",
+            "model.local_size=[32,16]", "augment.n_local=2", "dino.out_dim=64", "dino.hidden_dim=32",
+            "dino.bottleneck_dim=16", "semantic.part_head_layers=2", "train.batch_size=4",
+            "train.epochs=2", "train.log_every=1", "train.image_every=2", "data.num_workers=0",
+            "monitor.batch_size=16", *extra]
+
+
+def test_end_to_end_outputs_and_layout(tiny_market, tmp_path):
+    out = tmp_path / "run"
+    result = main(_args(tiny_market, out, "train.max_steps=3", "checkpoint.every_steps=2"))
+    assert result["step"] == 3
+    assert (out / "config.yaml").is_file() and (out / "log.jsonl").is_file()
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["last.pt", "step_00000002.pt"]
+    state = safe_load(out / "checkpoints" / "last.pt")
+    assert {"student", "teacher", "optimizer", "center", "step", "epoch", "rng", "config"} <= set(state)
+    assert state["step"] == 3 and state["center"].shape == (1, 64)
+    assert any(k.startswith("part_head.") for k in state["student"])
+    assert {k.split(".")[0] for k in state["teacher"]} == {"backbone", "head"}
+
+    events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/dino_loss", "train/semantic_loss", "train/lr", "train/weight_decay",
+                "train/momentum", "train/teacher_temp", "train/teacher_entropy", "train/kl",
+                "train/student_std", "train/part_accuracy", "train/labelled_share",
+                "train/keypoint_label_share", "train/cluster_label_share", "train/images_per_s",
+                "train/data_time_share", "train/memory_mb", "eval/mAP", "eval/rank1", "eval/mINP"):
+        assert tag in scalars, tag
+    assert "train/part_labels" in events.Tags()["images"]
+
+    # the teacher backbone loads strictly in the backbone loader, also after an official export
+    model = build_swin(TINY, img_size=(64, 32))
+    report = load_backbone_weights(model, out / "checkpoints" / "last.pt")
+    assert not report.missing and not report.mismatched
+    export_official(model, tmp_path / "official.pth")
+    assert not load_backbone_weights(build_swin(TINY), tmp_path / "official.pth").missing
+
+
+def test_resume_is_bit_exact(tiny_market, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ("checkpoint.every_steps=2", "semantic.label_source=clustering")
+    main(_args(tiny_market, straight, "train.max_steps=5", *common))
+    main(_args(tiny_market, split, "train.max_steps=3", *common))  # stops mid-epoch (4 steps/epoch)
+    main(_args(tiny_market, split, "train.max_steps=5", "resume=auto", *common))
+    a = safe_load(straight / "checkpoints" / "last.pt")
+    b = safe_load(split / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 5
+    for key in ("student", "teacher"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert torch.equal(a["center"], b["center"])
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_market, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    main(_args(tiny_market, out, "train.max_steps=2", "checkpoint.every_steps=2"))
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    import solider.pretrain as pretrain
+
+    real = pretrain.solider_step
+
+    def poisoned(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return result._replace(loss=result.loss * float("nan"))
+
+    monkeypatch.setattr(pretrain, "solider_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
+        main(_args(tiny_market, out, "train.max_steps=4", "resume=auto"))
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
