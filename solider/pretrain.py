@@ -34,13 +34,24 @@ from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
 from solider.optim import clip_gradients, ema_update_, param_groups, set_optimizer_values
 from solider.pretrain_config import PretrainConfig
-from solider.pretrain_data import (build_pretrain_dataset, monitor_datasets, monitor_split,
-                                   resolve_crop_source, synthetic_root)
+from solider.pretrain_data import (
+    build_pretrain_dataset,
+    monitor_datasets,
+    monitor_split,
+    resolve_crop_source,
+    synthetic_root,
+)
 from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import cosine_schedule, scale_lr
 from solider.utils.checkpointing import CheckpointManager, load_resume_state
 from solider.utils.logging import get_logger, setup_logging
-from solider.utils.seed import PerSampleSeeded, capture_rng_state, restore_rng_state, sample_seed, seed_everything
+from solider.utils.seed import (
+    PerSampleSeeded,
+    capture_rng_state,
+    restore_rng_state,
+    sample_seed,
+    seed_everything,
+)
 from solider.utils.tracking import RunLogger
 from solider.utils.visualize import part_overlay_grid
 
@@ -191,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    aug.local_scale, aug.ratio, mean=aug.mean, std=aug.std)
     dataset = PerSampleSeeded(build_pretrain_dataset(source, transform, cfg.data.min_height,
                                                      cfg.data.max_aspect), cfg.seed)
-    sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed, accelerator.process_index, world)
+    sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed,
+                                  accelerator.process_index, world)
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
@@ -271,9 +283,11 @@ def main(argv: list[str] | None = None) -> dict:
                                              "mean")
                 values = dict(zip(keys, reduced.tolist()))
                 elapsed = time.perf_counter() - tic
-                values.update({"train/lr": float(sched["lr"][step - 1]), "train/weight_decay":
-                               float(sched["wd"][step - 1]), "train/momentum": float(sched["momentum"][step - 1]),
-                               "train/images_per_s": (step - last_log) * cfg.train.batch_size * world / elapsed,
+                images = (step - last_log) * cfg.train.batch_size * world
+                values.update({"train/lr": float(sched["lr"][step - 1]),
+                               "train/weight_decay": float(sched["wd"][step - 1]),
+                               "train/momentum": float(sched["momentum"][step - 1]),
+                               "train/images_per_s": images / elapsed,
                                "train/data_time_share": data_time / max(elapsed, 1e-9),
                                "train/memory_mb": _memory_mb(device), "train/epoch": step / spe})
                 run.log(values, step=step)
@@ -302,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     failures = dataset.load_failures
     if failures:
         logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)
-    final = {"step": step, "checkpoint": str(checkpoints.directory / "last.pt"), "tensorboard": str(run.tb_dir)}
+    final = {"step": step, "checkpoint": str(checkpoints.directory / "last.pt"),
+             "tensorboard": str(run.tb_dir)}
     run.close()
     if accelerator.is_main_process:
         logger.info("done: checkpoint %s; TensorBoard: tensorboard --logdir %s", final["checkpoint"],

@@ -55,8 +55,8 @@ def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path
     if root is None:
         if synthetic is None:
             raise ValueError("data.root is not set and no synthetic set was prepared")
-        return CropSource(str(synthetic / "bounding_box_train"), keypoints or str(synthetic / "keypoints.jsonl"),
-                          str(synthetic), str(synthetic))
+        kpts = keypoints or str(synthetic / "keypoints.jsonl")
+        return CropSource(str(synthetic / "bounding_box_train"), kpts, str(synthetic), str(synthetic))
     path = Path(root)
     if not path.exists():
         raise FileNotFoundError(f"data.root={root}: no such folder or list file")

@@ -24,9 +24,18 @@ from torch import Tensor, nn
 
 from solider.dino import DINOLoss
 from solider.models.multicrop import MultiCropNet, token_grid
-from solider.semantics import (PartLabels, choose_part, cluster_part_labels, combine_part_labels,
-                               expand_to_crops, keypoint_part_labels, mask_part, part_classification_loss,
-                               sample_semantic_weights, to_crop_major)
+from solider.semantics import (
+    PartLabels,
+    choose_part,
+    cluster_part_labels,
+    combine_part_labels,
+    expand_to_crops,
+    keypoint_part_labels,
+    mask_part,
+    part_classification_loss,
+    sample_semantic_weights,
+    to_crop_major,
+)
 
 
 class SemanticSettings(NamedTuple):
@@ -57,7 +66,8 @@ def semantic_weights(batch_size: int, settings: SemanticSettings, generator: tor
 
 
 @torch.no_grad()
-def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet, settings: SemanticSettings) -> PartLabels:
+def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet,
+                settings: SemanticSettings) -> PartLabels:
     """Part labels of the crop-major global crops (2B, h, w), with their source per crop."""
     grid = token_grid(globals_.shape[-2:], num_stages=len(teacher.backbone.stages))
     from_kpts = None
