@@ -130,8 +130,12 @@ def _decode_pil(img: Image.Image, path: str | Path, max_side: int | None) -> Ima
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if max_side is not None and max(img.size) > max_side:
-                # thumbnail() uses JPEG draft mode (reduced DCT scale) before decoding: bounded memory.
-                img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+                scale = max_side / max(img.size)
+                target = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                # JPEG: decode straight at the smallest DCT scale (1/2..1/8) still >= target; the
+                # full-size image never exists. (thumbnail() would draft at twice the target size.)
+                img.draft(None, target)
+                img = img.resize(target, Image.Resampling.BILINEAR)
             img.load()
             return _to_rgb(img)
     except ImageDecodeError:
