@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from eval.features import extract_features
 from eval.metrics import evaluate_features
+from solider.checkpoint import load_backbone_weights, safe_load
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.multicrop import MultiCropTransform
 from solider.data.shuffle_sampler import ShuffleBatchSampler
@@ -86,6 +87,27 @@ def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
         student.backbone.compile()
         teacher.backbone.compile()
     return student, teacher
+
+
+def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str) -> None:
+    """Start from earlier weights with a fresh schedule (official ``--init_model``).
+
+    Accepts our pretraining checkpoints and the official layout (``student`` with ``module.``,
+    ``teacher``): both networks are restored, the part head only if the file has one (a DINO-only
+    run has none). Any other file is taken as backbone weights for both networks.
+    """
+    state = safe_load(path)
+    if isinstance(state, dict) and "teacher" in state and "student" in state:
+        strip = lambda sd: {k.removeprefix("module."): v for k, v in sd.items()}  # noqa: E731
+        teacher.load_state_dict(strip(state["teacher"]))
+        missing, unexpected = student.load_state_dict(strip(state["student"]), strict=False)
+        if unexpected or any(not k.startswith("part_head.") for k in missing):
+            raise ValueError(f"init={path}: student weights do not fit (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+        logger.info("init: student and teacher from %s%s", path, " (new part head)" if missing else "")
+        return
+    for net in (student, teacher):
+        logger.info("init: %s", load_backbone_weights(net.backbone, path))
 
 
 def build_optimizer(cfg: PretrainConfig, student: MultiCropNet) -> torch.optim.Optimizer:
@@ -214,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- networks, optimiser, schedules, state
     student, teacher = build_networks(cfg)
+    if cfg.init:  # a resumed state below replaces these weights
+        init_from_checkpoint(student, teacher, cfg.init)
     teacher.to(device)
     optimizer = build_optimizer(cfg, student)
     student, optimizer = accelerator.prepare(student, optimizer)

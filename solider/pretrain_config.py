@@ -146,6 +146,8 @@ class PretrainConfig:
     output_dir: str = opt("runs/pretrain", "checkpoints, config.yaml, log.jsonl, tb/")
     seed: int = opt(0, "random seed (CPU runs repeat bit for bit)")
     resume: str | None = opt(None, "a checkpoint path, or auto for the newest in output_dir")
+    init: str | None = opt(None, "start from these weights with a fresh schedule (e.g. SOLIDER after "
+                                 "DINO): our or an official pretraining checkpoint, or a backbone file")
     model: ModelConfig = section(ModelConfig, "backbone")
     data: DataConfig = section(DataConfig, "unlabeled person crops")
     augment: AugmentConfig = section(AugmentConfig, "multi-crop augmentation")

@@ -96,3 +96,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_market, tmp_p
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
         main(_args(tiny_market, out, "train.max_steps=4", "resume=auto"))
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_init_from_a_dino_only_run(tiny_market, tmp_path):
+    from solider.config import load_config
+    from solider.pretrain import build_networks, init_from_checkpoint
+    from solider.pretrain_config import PretrainConfig
+
+    dino = tmp_path / "dino"
+    main(_args(tiny_market, dino, "train.max_steps=2", "semantic.enabled=false"))
+    state = safe_load(dino / "checkpoints" / "last.pt")
+    assert not any(k.startswith("part_head.") for k in state["student"])
+    cfg = load_config(PretrainConfig, None, _args(tiny_market, tmp_path / "solider"))
+    student, teacher = build_networks(cfg)
+    init_from_checkpoint(student, teacher, str(dino / "checkpoints" / "last.pt"))
+    for name, value in state["teacher"].items():
+        assert torch.equal(teacher.state_dict()[name], value)
+    for name, value in state["student"].items():
+        assert torch.equal(student.state_dict()[name], value)
+    assert student.part_head is not None  # new, randomly initialised
+    # and the entry point accepts it
+    assert main(_args(tiny_market, tmp_path / "solider", "train.max_steps=1",
+                      f"init={dino / 'checkpoints' / 'last.pt'}"))["step"] == 1
