@@ -28,35 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from solider.data.images import is_image_file, load_image
-from solider.data.keypoints import FORMAT_JOINTS, sanitize, to_coco17
-from solider.utils.logging import get_logger, log_skipped
+from solider.data.images import load_image
+from solider.data.keypoints import sanitize, to_coco17
+from solider.data.kitti_labels import Box, read_kitti_boxes
+from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
-
-IMAGE_DIRS = ("images", "image_2", "rgb")
-LABEL_DIRS = ("labels", "label_2")
-_TYPE_ID = re.compile(r"^(?P<cls>.+?)[_-](?P<id>\d+)$")
-
-
-@dataclass
-class Box:
-    camera: int  # 1-based
-    frame: int
-    line: int  # 0-based line in the label file
-    identity: str
-    bbox: tuple[float, float, float, float]
-    truncated: float
-    occluded: int
-    joints: np.ndarray | None  # (16, 3) ORA joints in frame pixels
-    image: Path
 
 
 @dataclass
@@ -72,121 +55,26 @@ class SamplingRules:
     max_per_identity: int | None = None
 
 
-def find_cameras(kitti_dir: Path) -> list[tuple[Path, Path, Path]]:
-    """(camera folder, image folder, label folder) per camera, sorted by folder name."""
-    found = []
-    for folder in sorted(p for p in kitti_dir.iterdir() if p.is_dir()):
-        images = next((folder / d for d in IMAGE_DIRS if (folder / d).is_dir()), None)
-        labels = next((folder / d for d in LABEL_DIRS if (folder / d).is_dir()), None)
-        if images and labels:
-            found.append((folder, images, labels))
-    if not found:
-        raise FileNotFoundError(
-            f"no camera folders in {kitti_dir}: expected sub-folders with an image folder "
-            f"{list(IMAGE_DIRS)} and a label folder {list(LABEL_DIRS)}"
-        )
-    return found
-
-
-def _frame_image(images: Path, stem: str) -> Path | None:
-    for p in sorted(images.glob(stem + ".*")):
-        if is_image_file(p.name):
-            return p
+def _rejection(b: Box, rules: SamplingRules) -> str | None:
+    """Why a box fails the shape / truncation / occlusion rules, or None."""
+    w, h = b.bbox[2] - b.bbox[0], b.bbox[3] - b.bbox[1]
+    if h < rules.min_height:
+        return "too_short"
+    if not (h > 0 and w / h < rules.max_aspect):
+        return "too_wide"
+    if b.truncated > rules.max_truncation:
+        return "truncated"
+    if b.occluded > rules.max_occlusion:
+        return "occluded"
     return None
 
 
-def _parse_joints(fields: list[str], where: str, bad: list[str]) -> np.ndarray | None:
-    if not fields:
-        return None
-    n = FORMAT_JOINTS["ora16"]
-    if len(fields) not in (2 * n, 3 * n):
-        bad.append(f"{where} ({len(fields)} joint values, expected {2 * n} or {3 * n})")
-        return None
-    return np.asarray(fields, dtype=np.float64).reshape(n, len(fields) // n)
-
-
-def read_kitti_boxes(
-    kitti_dir: str | Path,
-    classes: tuple[str, ...] = ("person", "pedestrian"),
-    id_column: int | None = None,
-    joints_column: int | None = 15,
-    frame_stride: int = 1,
-) -> tuple[list[Box], list[Path]]:
-    """Every labelled person box of every camera (of every ``frame_stride``-th frame).
-
-    Raises:
-        ValueError: a label line with fewer than 15 columns (names the file and line).
-    """
-    boxes, cameras, no_id, bad_joints, no_image = [], [], [], [], []
-    for cam, (folder, images, labels) in enumerate(find_cameras(Path(kitti_dir)), 1):
-        cameras.append(folder)
-        for k, label_file in enumerate(sorted(labels.glob("*.txt"))):
-            if k % frame_stride:
-                continue
-            image = _frame_image(images, label_file.stem)
-            digits = re.sub(r"\D", "", label_file.stem)
-            frame = int(digits) if digits else k
-            for line_no, line in enumerate(label_file.read_text().splitlines()):
-                f = line.split()
-                if not f:
-                    continue
-                if len(f) < 15:
-                    raise ValueError(
-                        f"{label_file}:{line_no + 1}: a KITTI line needs 15 columns, got {len(f)}"
-                    )
-                if id_column is not None:
-                    cls, identity = f[0], f[id_column] if len(f) > id_column else None
-                else:
-                    m = _TYPE_ID.match(f[0])
-                    cls, identity = (m["cls"], m["id"]) if m else (f[0], None)
-                if cls.lower() not in classes:
-                    continue
-                if identity is None:
-                    no_id.append(f"{label_file}:{line_no + 1}")
-                    continue
-                if image is None:
-                    no_image.append(str(label_file))
-                    continue
-                extra = f[joints_column:] if joints_column is not None else []
-                if id_column is not None and joints_column is not None and id_column >= joints_column:
-                    extra = [v for i, v in enumerate(f[joints_column:], joints_column) if i != id_column]
-                joints = _parse_joints(extra, f"{label_file}:{line_no + 1}", bad_joints)
-                boxes.append(
-                    Box(
-                        cam,
-                        frame,
-                        line_no,
-                        identity,
-                        tuple(float(v) for v in f[4:8]),
-                        float(f[1]),
-                        int(float(f[2])),
-                        joints,
-                        image,
-                    )
-                )
-    log_skipped(logger, "person boxes without an identity", no_id)
-    log_skipped(logger, "label lines whose joints were ignored", bad_joints)
-    log_skipped(logger, "label lines without a frame image", no_image)
-    return boxes, cameras
-
-
-def apply_rules(boxes: list[Box], rules: SamplingRules, seed: int = 0) -> tuple[list[Box], dict[str, int]]:
-    """Shape / truncation / occlusion filters, then per-camera and per-identity caps."""
+def apply_rules(boxes: list[Box], rules: SamplingRules) -> tuple[list[Box], dict[str, int]]:
+    """Shape / truncation / occlusion filters, then per-camera and per-identity caps (deterministic)."""
     dropped = {"too_short": 0, "too_wide": 0, "truncated": 0, "occluded": 0, "capped": 0}
     kept = []
     for b in boxes:
-        w, h = b.bbox[2] - b.bbox[0], b.bbox[3] - b.bbox[1]
-        reason = (
-            "too_short"
-            if h < rules.min_height
-            else "too_wide"
-            if not (h > 0 and w / h < rules.max_aspect)
-            else "truncated"
-            if b.truncated > rules.max_truncation
-            else "occluded"
-            if b.occluded > rules.max_occlusion
-            else None
-        )
+        reason = _rejection(b, rules)
         if reason:
             dropped[reason] += 1
         else:
@@ -322,7 +210,7 @@ def convert_kitti_to_market(
     boxes, cameras = read_kitti_boxes(
         kitti_dir, tuple(c.lower() for c in classes), id_column, joints_column, rules.frame_stride
     )
-    kept, dropped = apply_rules(boxes, rules, seed)
+    kept, dropped = apply_rules(boxes, rules)
     if not kept:
         raise ValueError(
             f"none of the {len(boxes)} person boxes in {kitti_dir} passes the sampling rules "

@@ -128,3 +128,16 @@ def test_errors_and_cli(kitti_root, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["kept"] == 18
     # one crop per camera: queries from two cameras, the third stays in the gallery as their match
     assert summary["images"]["query"] == 8 and summary["images"]["bounding_box_test"] == 4
+
+
+def test_kitti_generator_is_deterministic(tmp_path):
+    def digest(root: Path) -> list[tuple[str, bytes]]:
+        return [
+            (p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()
+        ]
+
+    for name in ("a", "b"):
+        generate_kitti_dataset(
+            tmp_path / name, ids=2, cameras=2, images_per_camera=1, seed=5, frame_size=(120, 200)
+        )
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
