@@ -72,6 +72,20 @@ def _parse_joints(fields: list[str], where: str, bad: list[str]) -> np.ndarray |
     return np.asarray(fields, dtype=np.float64).reshape(n, len(fields) // n)
 
 
+def _class_and_identity(f: list[str], id_column: int | None) -> tuple[str, str | None]:
+    if id_column is not None:
+        return f[0], (f[id_column] if len(f) > id_column else None)
+    m = _TYPE_ID.match(f[0])
+    return (m["cls"], m["id"]) if m else (f[0], None)
+
+
+def _joint_fields(f: list[str], id_column: int | None, joints_column: int | None) -> list[str]:
+    """The joint columns, skipping the identity column if it sits among them."""
+    if joints_column is None:
+        return []
+    return [v for i, v in enumerate(f[joints_column:], joints_column) if i != id_column]
+
+
 def read_kitti_boxes(
     kitti_dir: str | Path,
     classes: tuple[str, ...] = ("person", "pedestrian"),
@@ -80,6 +94,9 @@ def read_kitti_boxes(
     frame_stride: int = 1,
 ) -> tuple[list[Box], list[Path]]:
     """Every labelled person box of every camera (of every ``frame_stride``-th frame).
+
+    Boxes without an identity, with a joint count that is not 16 x 2 or 16 x 3, or whose frame image
+    is missing are skipped (or their joints ignored) with a logged count and the first lines.
 
     Raises:
         ValueError: a label line with fewer than 15 columns (names the file and line).
@@ -94,42 +111,21 @@ def read_kitti_boxes(
             digits = re.sub(r"\D", "", label_file.stem)
             frame = int(digits) if digits else k
             for line_no, line in enumerate(label_file.read_text().splitlines()):
-                f = line.split()
+                f, where = line.split(), f"{label_file}:{line_no + 1}"
                 if not f:
                     continue
                 if len(f) < 15:
-                    raise ValueError(
-                        f"{label_file}:{line_no + 1}: a KITTI line needs 15 columns, got {len(f)}"
-                    )
-                if id_column is not None:
-                    cls, identity = f[0], f[id_column] if len(f) > id_column else None
-                else:
-                    m = _TYPE_ID.match(f[0])
-                    cls, identity = (m["cls"], m["id"]) if m else (f[0], None)
+                    raise ValueError(f"{where}: a KITTI line needs 15 columns, got {len(f)}")
+                cls, identity = _class_and_identity(f, id_column)
                 if cls.lower() not in classes:
                     continue
-                if identity is None:
-                    no_id.append(f"{label_file}:{line_no + 1}")
+                if identity is None or image is None:
+                    (no_id if identity is None else no_image).append(where)
                     continue
-                if image is None:
-                    no_image.append(str(label_file))
-                    continue
-                extra = f[joints_column:] if joints_column is not None else []
-                if id_column is not None and joints_column is not None and id_column >= joints_column:
-                    extra = [v for i, v in enumerate(f[joints_column:], joints_column) if i != id_column]
-                joints = _parse_joints(extra, f"{label_file}:{line_no + 1}", bad_joints)
+                joints = _parse_joints(_joint_fields(f, id_column, joints_column), where, bad_joints)
+                bbox = (float(f[4]), float(f[5]), float(f[6]), float(f[7]))
                 boxes.append(
-                    Box(
-                        cam,
-                        frame,
-                        line_no,
-                        identity,
-                        tuple(float(v) for v in f[4:8]),
-                        float(f[1]),
-                        int(float(f[2])),
-                        joints,
-                        image,
-                    )
+                    Box(cam, frame, line_no, identity, bbox, float(f[1]), int(float(f[2])), joints, image)
                 )
     log_skipped(logger, "person boxes without an identity", no_id)
     log_skipped(logger, "label lines whose joints were ignored", bad_joints)

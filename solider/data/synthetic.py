@@ -174,7 +174,7 @@ def generate_market_dataset(
     for item in plan_market_items(ids, cameras, images_per_camera, seed, distractors):
         rng = np.random.default_rng(list(item.seed))
         start = time.perf_counter()
-        if item.pid == 0:
+        if item.pid == 0:  # a distractor: someone new every time
             app = sample_appearance(rng)
         else:
             if item.pid not in apps:
@@ -182,20 +182,7 @@ def generate_market_dataset(
             app = apps[item.pid]
         crop = render_crop(app, cam_list[item.camera], rng, size)
         mid = time.perf_counter()
-        rel = f"{item.split}/{item.name}"
-        Image.fromarray(crop.image).save(out / rel, quality=cam_list[item.camera].jpeg_quality)
-        Image.fromarray(crop.part).save(
-            out / "masks" / item.split / (Path(item.name).stem + ".png"), compress_level=1
-        )
-        lines.append(
-            json.dumps(
-                {
-                    "image": rel,
-                    "format": "coco17",
-                    "keypoints": np.round(crop.keypoints.astype(np.float64), 2).tolist(),
-                }
-            )
-        )
+        lines.append(_write_crop(out, item, crop, cam_list[item.camera].jpeg_quality))
         write_s += time.perf_counter() - mid
         render_s += mid - start
     (out / "keypoints.jsonl").write_text("\n".join(lines) + "\n")
@@ -213,6 +200,17 @@ def generate_market_dataset(
     }
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {**summary, "out": str(out), "render_s": render_s, "write_s": write_s}
+
+
+def _write_crop(out: Path, item: _Item, crop: CropRender, quality: int) -> str:
+    """Save the JPEG and the part mask; return the crop's keypoints.jsonl line."""
+    rel = f"{item.split}/{item.name}"
+    Image.fromarray(crop.image).save(out / rel, quality=quality)
+    Image.fromarray(crop.part).save(
+        out / "masks" / item.split / (Path(item.name).stem + ".png"), compress_level=1
+    )
+    kpts = np.round(crop.keypoints.astype(np.float64), 2).tolist()
+    return json.dumps({"image": rel, "format": "coco17", "keypoints": kpts})
 
 
 def _size(text: str) -> tuple[int, int]:

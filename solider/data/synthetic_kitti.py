@@ -147,35 +147,9 @@ def generate_kitti_dataset(
     apps = {pid: identity_appearance(seed, pid) for pid in range(1, ids + 1)}
     counts = {"frames": 0, "people": 0, "hard_extras": 0}
     for c in range(cameras):
-        rng = np.random.default_rng([seed, 4, c])
-        camera = cams.sample_camera(rng, c, frame_size)
-        folder = out / f"camera_{c + 1:02d}"
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        (folder / "labels").mkdir(parents=True, exist_ok=True)
-        slots = rng.permutation(np.repeat(np.arange(1, ids + 1), images_per_camera)).tolist()
-        frame_no = 0
-        while slots:
-            n = min(len(slots), int(rng.integers(2, max_people + 1)))
-            pids, slots = slots[:n], slots[n:]
-            people = [(apps[p], p, cx, h, 0.0) for p, (cx, h) in zip(pids, _place(rng, n, frame_size))]
-            if rng.random() < 0.3:
-                extra = int(rng.integers(1, ids + 1))
-                cx, h, shift = _hard_extra(rng, frame_size)
-                if cx < 0:  # stand right behind the biggest (nearest) person
-                    cx, h, shift = people[-1][2] + 4, people[-1][3] * 0.95, 0.0
-                people.insert(0, (apps[extra], extra, cx, h, shift))  # drawn first: never hides anyone
-                counts["hard_extras"] += 1
-            img = cams.crop_background(rng, camera, *frame_size)
-            drawn = _draw_people(img, people, camera, rng)
-            Image.fromarray(cams.add_noise(img, camera, rng)).save(
-                folder / "images" / f"{frame_no:06d}.jpg", quality=camera.jpeg_quality
-            )
-            (folder / "labels" / f"{frame_no:06d}.txt").write_text(
-                "".join(_label_line(d) + "\n" for d in drawn)
-            )
-            counts["frames"] += 1
-            counts["people"] += len(drawn)
-            frame_no += 1
+        _write_camera(
+            out / f"camera_{c + 1:02d}", c, apps, images_per_camera, seed, frame_size, max_people, counts
+        )
     summary = {  # no paths in the file: the same seed writes the same bytes
         "ids": ids,
         "cameras": cameras,
@@ -186,3 +160,42 @@ def generate_kitti_dataset(
     }
     (out / "kitti.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {**summary, "out": str(out)}
+
+
+def _write_camera(
+    folder: Path,
+    c: int,
+    apps: dict,
+    images_per_camera: int,
+    seed: int,
+    frame_size: tuple[int, int],
+    max_people: int,
+    counts: dict[str, int],
+) -> None:
+    """Frames of camera ``c``: every identity ``images_per_camera`` times, 2..max_people per frame."""
+    rng = np.random.default_rng([seed, 4, c])
+    camera = cams.sample_camera(rng, c, frame_size)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    slots = rng.permutation(np.repeat(np.arange(1, len(apps) + 1), images_per_camera)).tolist()
+    frame_no = 0
+    while slots:
+        n = min(len(slots), int(rng.integers(2, max_people + 1)))
+        pids, slots = slots[:n], slots[n:]
+        people = [(apps[p], p, cx, h, 0.0) for p, (cx, h) in zip(pids, _place(rng, n, frame_size))]
+        if rng.random() < 0.3:
+            extra = int(rng.integers(1, len(apps) + 1))
+            cx, h, shift = _hard_extra(rng, frame_size)
+            if cx < 0:  # stand right behind the biggest (nearest) person
+                cx, h, shift = people[-1][2] + 4, people[-1][3] * 0.95, 0.0
+            people.insert(0, (apps[extra], extra, cx, h, shift))  # drawn first: never hides anyone
+            counts["hard_extras"] += 1
+        img = cams.crop_background(rng, camera, *frame_size)
+        drawn = _draw_people(img, people, camera, rng)
+        Image.fromarray(cams.add_noise(img, camera, rng)).save(
+            folder / "images" / f"{frame_no:06d}.jpg", quality=camera.jpeg_quality
+        )
+        (folder / "labels" / f"{frame_no:06d}.txt").write_text("".join(_label_line(d) + "\n" for d in drawn))
+        counts["frames"] += 1
+        counts["people"] += len(drawn)
+        frame_no += 1
