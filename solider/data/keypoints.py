@@ -249,11 +249,16 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
     base_count = Counter(canonical_basename(k) for k in table.entries)
     by_base = {canonical_basename(k): k for k in table.entries if base_count[canonical_basename(k)] == 1}
     root_str = str(root) if root is not None else None
+    prefix = os.path.join(root_str, "") if root_str is not None else None
     out: list[np.ndarray | None] = []
     used: set[str] = set()
     tried: list[str] = []
     for i, path in enumerate(image_paths):
-        rel = normalize_key(os.path.relpath(path, root_str)) if root_str is not None else None
+        rel = None
+        if root_str is not None:  # plain prefix cut when possible: relpath is slow for millions of files
+            path = str(path)
+            rel = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root_str)
+            rel = normalize_key(rel)
         key = by_key.get(rel) if rel is not None else None
         if key is None:
             key = by_base.get(canonical_basename(path))

@@ -158,7 +158,8 @@ def _warn_missing_query_ids(query: list[ReIDRecord], gallery: list[ReIDRecord]) 
     gallery_ids = {r.pid for r in gallery}
     missing = sorted({r.pid for r in query} - gallery_ids)
     if missing:
-        n_images = sum(r.pid in set(missing) for r in query)
+        missing_set = set(missing)
+        n_images = sum(r.pid in missing_set for r in query)
         logger.warning("%d query identities (%d images) have no image in the gallery and can never be "
                        "matched, e.g. pids %s", len(missing), n_images, missing[:5])
 
