@@ -21,7 +21,8 @@ a query, as long as a match stays in the gallery.
 
 Output: the three split folders with ``PPPP_cCsS_FFFFFF_BB.jpg`` crops (PPPP new id 1..N, C camera,
 FFFFFF frame, BB the box's line in its label file), ``keypoints.jsonl`` (joints in crop pixels,
-COCO-17), ``identities.csv`` (new id, original identity, split) and ``cameras.csv``.
+COCO-17), ``identities.csv`` (new id, original identity, split), ``cameras.csv`` and
+``conversion.json`` (the settings used and the summary).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +245,19 @@ def convert_kitti_to_market(
         "keypoints": len(lines),
         "out": str(out),
     }
+    settings = {
+        "kitti": str(kitti_dir),
+        "rules": asdict(rules),
+        "train_fraction": train_fraction,
+        "seed": seed,
+        "classes": list(classes),
+        "id_column": id_column,
+        "joints_column": joints_column,
+        "quality": quality,
+    }
+    (out / "conversion.json").write_text(
+        json.dumps({"settings": settings, "summary": summary}, indent=2) + "\n"
+    )
     logger.info("converted %s -> %s: %s", kitti_dir, out, summary)
     return summary
 

@@ -234,7 +234,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=_size, default=(256, 128), help="crop HEIGHTxWIDTH (Market layout)")
     parser.add_argument("--distractors", type=int, default=0, help="0000 gallery distractors")
-    parser.add_argument("--kitti", action="store_true", help="write camera frames with KITTI labels instead")
+    parser.add_argument(
+        "--kitti",
+        action="store_true",
+        help="write 360x640 camera frames with KITTI labels instead (no --size / --distractors)",
+    )
     args = parser.parse_args(argv)
     if args.kitti:
         from solider.data.synthetic_kitti import generate_kitti_dataset

@@ -46,6 +46,8 @@ def test_round_trip_recovers_every_identity_and_camera(kitti_root, tmp_path):
     assert len(records) == 6 * 3 * 2 == summary["kept"]  # the hard extras were all filtered
     assert summary["boxes"] > summary["kept"] and sum(summary["dropped"].values()) == summary["boxes"] - 36
     assert {r.pid for r in ds.query} <= {r.pid for r in ds.gallery}
+    settings = json.loads((out / "conversion.json").read_text())["settings"]
+    assert settings["rules"]["min_height"] == 40 and settings["seed"] == 0
     assert summary["test_identities"] == 3 and ds.num_train_pids == 3
     kpts = match_keypoints([r.path for r in records], read_keypoints(out / "keypoints.jsonl"), out)
     assert all(k is not None and (k[:, 2] > 0).sum() >= 8 for k in kpts)
