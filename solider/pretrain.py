@@ -12,13 +12,11 @@ checkpoint. See docs/PRETRAINING.md.
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
 from tqdm import tqdm
@@ -45,12 +43,12 @@ from solider.pretrain_data import (
 from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import cosine_schedule, scale_lr
 from solider.utils.checkpointing import CheckpointManager, load_resume_state
+from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import (
     PerSampleSeeded,
     capture_rng_state,
     restore_rng_state,
-    sample_seed,
     seed_everything,
 )
 from solider.utils.tracking import RunLogger
@@ -154,7 +152,8 @@ def run_monitor(teacher: MultiCropNet, monitor: tuple | None, device: torch.devi
     feats = []
     model = _TeacherEmbedding(teacher, semantic_weight).eval()
     for split in monitor:
-        loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=0)
+        loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=0,
+                                             generator=torch.Generator())  # leaves the global RNG alone
         feats.append(extract_features(model, loader, device, normalize=True, progress=False))
     q, g = feats
     result = evaluate_features(q["feats"], g["feats"], q["pids"], g["pids"], q["camids"], g["camids"],
@@ -200,13 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.config = str(DEMO_CONFIG)
     cfg = config_from_args(PretrainConfig, args)
     output_dir = Path(cfg.output_dir)
-    mp = cfg.train.mixed_precision
-    if mp == "auto":  # accelerate launch's setting if there is one, else bf16 on GPU, no on CPU
-        mp = None if "ACCELERATE_MIXED_PRECISION" in os.environ else (
-            "bf16" if torch.cuda.is_available() else "no")
-    accelerator = Accelerator(mixed_precision=mp, log_with="tensorboard", project_dir=str(output_dir))
+    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)
     setup_logging(accelerator.is_main_process)
-    seed_everything(cfg.seed + accelerator.process_index, deterministic=cfg.train.deterministic)
+    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
     device, world = accelerator.device, accelerator.num_processes
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     student, teacher = build_networks(cfg)
     if cfg.init:  # a resumed state below replaces these weights
         init_from_checkpoint(student, teacher, cfg.init)
+    seed_everything(cfg.seed + accelerator.process_index)  # per-rank streams from here (drop path)
     teacher.to(device)
     optimizer = build_optimizer(cfg, student)
     student, optimizer = accelerator.prepare(student, optimizer)
@@ -278,9 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
             data_time += time.perf_counter() - fetch
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
-            generator = torch.Generator().manual_seed(sample_seed(cfg.seed, step, accelerator.process_index))
             with accelerator.autocast():
-                result = solider_step(batch, student, teacher, dino_loss, step, settings, generator)
+                result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed)
             finite = accelerator.reduce(torch.isfinite(result.loss.detach()).float().reshape(1), "min")
             if finite.item() < 1:
                 raise NonFiniteLossError(

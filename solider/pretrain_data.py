@@ -1,7 +1,8 @@
 """Data for pretraining: the crops (+ keypoints), the synthetic default, and the monitor split.
 
 ``data.root`` may be a folder tree of crops, a list file, or a Market-format root (then only its
-``bounding_box_train`` is used, so the monitor's query/gallery never leak into pretraining). With no
+``bounding_box_train`` is used, so the monitor's query/gallery never leak into pretraining, and its
+``keypoints.jsonl`` is picked up when ``data.keypoints`` is not given). With no
 ``data.root``, the synthetic generator's data is written once into ``data.cache_dir`` and used.
 """
 
@@ -63,6 +64,9 @@ def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path
     market = find_market_root(path) if path.is_dir() else None
     if market is not None:
         logger.info("data.root %s is a Market-format root: pretraining on its bounding_box_train only", root)
+        if keypoints is None and (market / "keypoints.jsonl").is_file():
+            keypoints = str(market / "keypoints.jsonl")
+            logger.info("using the keypoints in %s", keypoints)
         return CropSource(str(market / "bounding_box_train"), keypoints, str(market), str(market))
     return CropSource(str(path), keypoints, str(path if path.is_dir() else path.parent), None)
 

@@ -33,9 +33,9 @@ from solider.semantics import (
     keypoint_part_labels,
     mask_part,
     part_classification_loss,
-    sample_semantic_weights,
     to_crop_major,
 )
+from solider.utils.seed import sample_seed
 
 
 class SemanticSettings(NamedTuple):
@@ -55,14 +55,23 @@ class StepResult(NamedTuple):
     parts: PartLabels | None  # labels of the global crops (crop-major), for visualisation
 
 
-def semantic_weights(batch_size: int, settings: SemanticSettings, generator: torch.Generator,
-                     device: torch.device) -> Tensor:
-    """(B,) λ per image for this step."""
+def semantic_weights(indices: Tensor, step: int, seed: int, settings: SemanticSettings) -> Tensor:
+    """(B,) λ per image for this step.
+
+    Drawn from (seed, step, dataset index) rather than from a per-process generator, so an image
+    gets the same λ however the batch is sharded over processes (a 2-process run then equals a
+    1-process run at the same global batch). ``binary`` gives {0, 1} with probability 1/2 each
+    (official), ``uniform`` U[0, 1).
+    """
+    device = indices.device
     if settings.fixed_weight is not None:
-        return torch.full((batch_size,), float(settings.fixed_weight), device=device)
+        return torch.full(indices.shape, float(settings.fixed_weight), device=device)
     if not settings.enabled:
-        return torch.zeros(batch_size, device=device)
-    return sample_semantic_weights(batch_size, settings.weight_mode, generator=generator, device=device)
+        return torch.zeros(indices.shape, device=device)
+    if settings.weight_mode not in ("binary", "uniform"):
+        raise ValueError(f"weight_mode must be 'binary' or 'uniform', got {settings.weight_mode!r}")
+    u = torch.tensor([sample_seed(seed, step, int(i)) / 2**63 for i in indices.tolist()], device=device)
+    return (u < 0.5).float() if settings.weight_mode == "binary" else u
 
 
 @torch.no_grad()
@@ -89,24 +98,27 @@ def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet,
 
 
 def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLoss, step: int,
-                 settings: SemanticSettings, generator: torch.Generator) -> StepResult:
+                 settings: SemanticSettings, seed: int = 0) -> StepResult:
     """Forward both networks and compute the loss of one step (see the module docstring).
 
     Args:
         batch: collated multi-crop items on the device: ``global_crops`` (B, 2, 3, Hg, Wg),
-            ``local_crops`` (B, L, 3, Hl, Wl), ``global_keypoints`` (B, 2, 17, 3), ``has_keypoints`` (B,).
+            ``local_crops`` (B, L, 3, Hl, Wl), ``global_keypoints`` (B, 2, 17, 3), ``has_keypoints`` (B,),
+            ``index`` (B,) dataset indices.
         student: the (possibly DDP-wrapped) student :class:`MultiCropNet`; called exactly once.
         teacher: the teacher :class:`MultiCropNet` (no part head, no gradients).
         dino_loss: updates its centre as a side effect.
         step: global step (teacher-temperature schedule).
-        generator: CPU generator for λ and the erased part (seeded per step by the caller).
+        seed: run seed; λ and the erased part are functions of (seed, step, image), the same on
+            every process.
     """
     globals_ = to_crop_major(batch["global_crops"])  # (2B, 3, Hg, Wg)
     locals_ = to_crop_major(batch["local_crops"])  # (L*B, 3, Hl, Wl)
-    n_img, n_global = batch["global_crops"].shape[:2]
+    n_global = batch["global_crops"].shape[1]
     n_local = batch["local_crops"].shape[1]
     device = globals_.device
-    lam = semantic_weights(n_img, settings, generator, device)
+    lam = semantic_weights(batch["index"], step, seed, settings)
+    generator = torch.Generator().manual_seed(sample_seed(seed, step, -1))  # the erased part
     lam_g, lam_l = expand_to_crops(lam, n_global), expand_to_crops(lam, n_local)
 
     parts = part_labels(batch, globals_, teacher, settings) if settings.enabled else None
