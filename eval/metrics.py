@@ -102,13 +102,28 @@ def _pack(idx: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(packed_mask, np.take_along_axis(idx, order, 1), 0), packed_mask
 
 
+class _Workspace:
+    """Chunk-sized buffers reused across chunks (views of the first allocation)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        numel = int(np.prod(shape))
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
 def _precedes(xa: torch.Tensor, ia: torch.Tensor, xb: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     """(xa, ia) < (xb, ib) lexicographically: closer, or equally close and earlier in the gallery."""
     return (xa < xb) | ((xa == xb) & (ia < ib))
 
 
 def _ranks_by_sort(x: torch.Tensor, pos_idx: torch.Tensor, pos_mask: torch.Tensor,
-                   junk_idx: torch.Tensor, junk_mask: torch.Tensor) -> torch.Tensor:
+                   junk_idx: torch.Tensor, junk_mask: torch.Tensor, work: _Workspace) -> torch.Tensor:
     """Reference path: stable-sort each row, drop junk, read the positives' positions.
 
     Returns the ranks (1-D, row-major, ascending inside a row) of every positive.
@@ -124,76 +139,95 @@ def _ranks_by_sort(x: torch.Tensor, pos_idx: torch.Tensor, pos_mask: torch.Tenso
     return valid_pos[label == 1]
 
 
+def _take(src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """src[idx] for 1-D tensors (gather is several times faster than advanced indexing on CPU)."""
+    return torch.gather(src, 0, idx)
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the True entries of a 1-D mask (numpy's is ~4x faster for sparse CPU masks)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.nonzero(mask).squeeze(1)
+
+
 def _ranks_by_count(x: torch.Tensor, pos_idx: torch.Tensor, pos_mask: torch.Tensor,
-                    junk_idx: torch.Tensor, junk_mask: torch.Tensor) -> torch.Tensor:
+                    junk_idx: torch.Tensor, junk_mask: torch.Tensor, work: _Workspace) -> torch.Tensor:
     """Fast path: ranks of the positives from a per-row histogram plus exact in-bucket compares.
 
     Args:
         x: (c, G) distances (float32 or float64).
         pos_idx, pos_mask: (c, P) gallery indices of the positives (packed left) and validity.
         junk_idx, junk_mask: (c, J) same for the junk items.
+        work: reusable buffers.
     Returns:
         The ranks (1-D, row-major, ascending inside a row) of every positive, same as
         :func:`_ranks_by_sort`.
     """
     c, g = x.shape
-    dev, nb = x.device, _NUM_BINS + 2  # bucket 0 below the first positive, nb-1 at/after the last
+    dev, nb = x.device, _NUM_BINS + 3  # bucket 0: below the first positive; nb-1: past the last
     # Positives sorted by (distance, gallery index); padding sorts last as +inf.
     t = x.gather(1, pos_idx).masked_fill(~pos_mask, float("inf"))
     t, perm = torch.sort(t, dim=1, stable=True)
     p_idx, p_mask = pos_idx.gather(1, perm), pos_mask.gather(1, perm)
     n_pos = p_mask.sum(1)
-    lo = t[:, 0]
     hi = t.gather(1, (n_pos - 1).clamp(min=0)[:, None])[:, 0]
-    scale, offset = _grid(lo, hi, c, nb)
-    # A monotone map distance -> bucket (mul and add as separate IEEE ops keep it monotone).
-    y = torch.mul(x, scale[:, None]).add_(offset[:, None])
-    row_lo = (torch.arange(c, device=dev, dtype=x.dtype) * nb)[:, None]
-    y = torch.clamp(y, min=row_lo, max=row_lo + (nb - 1))
-    bucket = y.to(torch.int32).view(-1)  # row r owns buckets [r*nb, (r+1)*nb)
-    del y
+    shift, scale = _grid(t[:, 0], hi, nb)
+    # A monotone map distance -> bucket: subtract and multiply as separate IEEE ops (no fused
+    # multiply-add that could round differently in vector and scalar code), clamp, truncate; in
+    # place on reused buffers (fresh chunk-sized allocations cost page faults every time on CPU).
+    y = torch.sub(x, shift[:, None], out=work.get("y", x.shape, x.dtype, dev))
+    y.mul_(scale[:, None]).clamp_(0, nb - 1)
+    int_type = torch.int32 if y.dtype == torch.float32 else torch.int64
+    # Truncate in place on the CPU (same element size; one buffer less in the cache).
+    bucket = y.view(int_type) if dev.type == "cpu" else work.get("bucket", x.shape, int_type, dev)
+    bucket.copy_(y)
+    bucket.add_(torch.arange(0, c * nb, nb, device=dev, dtype=bucket.dtype)[:, None])  # row r owns
+    # buckets [r*nb, (r+1)*nb)
+    bucket = bucket.view(-1)
     hist = torch.bincount(bucket, minlength=c * nb).view(c, nb)
     before = (torch.cumsum(hist, dim=1) - hist).view(-1)  # items in lower buckets of the row
-    t_bucket = bucket.view(c, g).gather(1, p_idx).long()[p_mask]  # ascending (rows, then t)
-    t_val, t_gal = t[p_mask], p_idx[p_mask]
-    total_before = before[t_bucket] + _in_bucket_before(x, bucket, t_bucket, t_val, t_gal, c * nb)
+    t_bucket = bucket.view(c, g).gather(1, p_idx).long().masked_select(p_mask)  # ascending
+    t_val, t_gal = t.masked_select(p_mask), p_idx.masked_select(p_mask)
+    inside = _in_bucket_before(x, bucket, t_bucket, t_val, t_gal, c * nb, work)
+    total_before = _take(before, t_bucket) + inside
     # Junk items that precede each positive do not count as ranked items.
     xj = x.gather(1, junk_idx)
     junk_before = (_precedes(xj[:, None, :], junk_idx[:, None, :], t[:, :, None], p_idx[:, :, None])
-                   & junk_mask[:, None, :]).sum(2)[p_mask]
-    return total_before - junk_before + 1
+                   & junk_mask[:, None, :]).sum(2)
+    return total_before - junk_before.masked_select(p_mask) + 1
 
 
-def _grid(lo: torch.Tensor, hi: torch.Tensor, c: int, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row scale/offset mapping [lo, hi] onto buckets 1..nb-2 of row r (offset r*nb)."""
+def _grid(lo: torch.Tensor, hi: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row shift and scale with ``(x - shift) * scale`` = 1.5 at the first positive (lo) and
+    nb - 2.5 at the last (hi): items before lo fall into bucket 0, items after hi into bucket nb-1,
+    and the half-bucket margins keep the positives off those two despite rounding."""
     lo64, hi64 = lo.double(), hi.double()
     finite = torch.isfinite(lo64) & torch.isfinite(hi64)
     span = hi64 - lo64
     fallback = torch.where(finite & (lo64.abs() > 0), lo64.abs(), torch.ones_like(lo64))
-    span = torch.where(finite & (span > 0), span, fallback)
-    scale = ((nb - 2) / span).clamp(1e-30, 1e30)
-    base = torch.where(finite, lo64, torch.zeros_like(lo64))
-    rows = torch.arange(c, device=lo.device, dtype=torch.float64)
-    offset = rows * nb + 1 - base * scale
-    return scale.to(lo.dtype), offset.to(lo.dtype)
+    span = torch.where(finite & (span > 0), span, fallback)  # one positive (or all tied)
+    scale = ((nb - 4) / span).clamp(1e-30, 1e30)
+    shift = torch.where(finite, lo64 - 1.5 / scale, torch.zeros_like(lo64))
+    return shift.to(lo.dtype), scale.to(lo.dtype)
 
 
-def _in_bucket_before(x: torch.Tensor, bucket: torch.Tensor, t_bucket: torch.Tensor,
-                      t_val: torch.Tensor, t_gal: torch.Tensor, num_buckets: int) -> torch.Tensor:
+def _in_bucket_before(x: torch.Tensor, bucket: torch.Tensor, t_bucket: torch.Tensor, t_val: torch.Tensor,
+                      t_gal: torch.Tensor, num_buckets: int, work: _Workspace) -> torch.Tensor:
     """For each positive k, the number of items in its own bucket that precede it exactly."""
     dev, g = x.device, x.shape[1]
     flag = torch.zeros(num_buckets, dtype=torch.bool, device=dev)
-    flag[t_bucket] = True
-    elem = torch.nonzero(flag.index_select(0, bucket)).squeeze(1)  # flat indices into x
-    e_bucket = bucket[elem].long()
+    flag.index_fill_(0, t_bucket, True)
+    shared = torch.index_select(flag, 0, bucket, out=work.get("shared", bucket.shape, torch.bool, dev))
+    elem = _flat_nonzero(shared)  # flat indices into x
+    e_bucket = _take(bucket, elem).long()
     first = torch.searchsorted(t_bucket, e_bucket)
     n = torch.searchsorted(t_bucket, e_bucket, right=True) - first
-    owner = torch.repeat_interleave(n)
-    starts = torch.cumsum(n, 0) - n
-    k = first[owner] + torch.arange(len(owner), device=dev) - starts[owner]
-    e = elem[owner]
-    hit = _precedes(x.view(-1)[e], e % g, t_val[k], t_gal[k])
-    return torch.bincount(k[hit], minlength=len(t_val))
+    owner = torch.repeat_interleave(n)  # one pair per (item, positive) sharing a bucket
+    k = torch.arange(len(owner), device=dev) + _take(first - (torch.cumsum(n, 0) - n), owner)
+    e = _take(elem, owner)
+    hit = _precedes(_take(x.view(-1), e), e % g, _take(t_val, k), _take(t_gal, k))
+    return torch.bincount(k.masked_select(hit), minlength=len(t_val))
 
 
 def _summarize(ranks: list[np.ndarray], n_pos: np.ndarray, max_rank: int) -> dict:
@@ -249,19 +283,19 @@ def _evaluate_rows(rows: RowFn, q_pids: np.ndarray, g_pids: np.ndarray, q_camids
     ranker = {"count": _ranks_by_count, "sort": _ranks_by_sort}.get(method)
     if ranker is None:
         raise ValueError(f"method must be 'count' or 'sort', got {method!r}")
-    if method == "count":  # bucket ids are exact integers in float32 only below 2**24
-        chunk_size = min(chunk_size, (2**24 - 1) // (_NUM_BINS + 2))
+    if method == "count":  # bucket ids are int32
+        chunk_size = min(chunk_size, (2**31 - 1) // (_NUM_BINS + 3))
     same = SameIdentityIndex(q_pids, g_pids, q_camids, g_camids)
-    ranks, n_pos = [], np.zeros(len(q_pids), dtype=np.int64)
+    ranks, n_pos, work = [], np.zeros(len(q_pids), dtype=np.int64), _Workspace()
     for i0 in range(0, len(q_pids), chunk_size):
         i1 = min(i0 + chunk_size, len(q_pids))
         x = rows(i0, i1)
         x = x.float() if x.dtype not in (torch.float32, torch.float64) else x
-        if torch.isnan(x).any():
+        if torch.isnan(x.amax()):  # the maximum propagates NaN: no chunk-sized temporary
             bad = int(torch.isnan(x).any(1).nonzero()[0, 0]) + i0
             raise ValueError(f"the distances of query {bad} contain NaN")
         pos_idx, pos_mask, junk_idx, junk_mask = (torch.from_numpy(a).to(device) for a in same.chunk(i0, i1))
-        r = ranker(x, pos_idx, pos_mask, junk_idx, junk_mask).cpu().numpy()
+        r = ranker(x, pos_idx, pos_mask, junk_idx, junk_mask, work).cpu().numpy()
         counts = pos_mask.sum(1).cpu().numpy()
         n_pos[i0:i1] = counts
         ranks.append(r.astype(np.int64))
@@ -276,7 +310,7 @@ def _evaluate_rows(rows: RowFn, q_pids: np.ndarray, g_pids: np.ndarray, q_camids
 
 
 def _default_chunk(device: torch.device, gallery: int) -> int:
-    budget = 2**28 if device.type == "cuda" else 2**20  # elements per chunk (~1 GB / ~4 MB fp32)
+    budget = 2**28 if device.type == "cuda" else 2**21  # elements per chunk (~1 GB / ~8 MB fp32)
     return int(max(1, min(4096, budget // max(gallery, 1))))
 
 
@@ -309,10 +343,10 @@ def evaluate_rank(distmat: np.ndarray | torch.Tensor, q_pids: ArrayLike, g_pids:
     qp, gp = _ids(q_pids, "q_pids", nq), _ids(g_pids, "g_pids", ng)
     qc, gc = _ids(q_camids, "q_camids", nq), _ids(g_camids, "g_camids", ng)
     dev = resolve_device(device, distmat)
-    dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
+    dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(distmat))
     if not torch.is_floating_point(dist):
         dist = dist.double()
-    rows = lambda i0, i1: dist[i0:i1].to(dev, non_blocking=True)
+    rows = lambda i0, i1: dist[i0:i1].to(dev, non_blocking=True).contiguous()
     return _evaluate_rows(rows, qp, gp, qc, gc, max_rank, chunk_size or _default_chunk(dev, ng), dev,
                           method)
 

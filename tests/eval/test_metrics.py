@@ -60,6 +60,11 @@ def test_input_types_and_dtypes_agree():
         out = evaluate_rank(variant, torch.as_tensor(qp), list(gp), qc.astype(np.int32), gc)
         np.testing.assert_array_equal(out["cmc"], ref["cmc"])
         assert out["mAP"] == ref["mAP"] and out["mINP"] == ref["mINP"]
+    transposed = np.ascontiguousarray(dist.T).T  # non-contiguous input; integers are accepted too
+    assert evaluate_rank(transposed, qp, gp, qc, gc)["mAP"] == ref["mAP"]
+    rounded = np.round(dist * 5).astype(np.int64)
+    assert evaluate_rank(rounded, qp, gp, qc, gc)["mAP"] == pytest.approx(
+        naive_evaluate(rounded, qp, gp, qc, gc)[1], abs=1e-12)
     half = dist.astype(np.float16)
     _assert_matches_naive(half.astype(np.float32), qp, gp, qc, gc, 50)
     out = evaluate_rank(half, qp, gp, qc, gc)
