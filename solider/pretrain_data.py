@@ -8,13 +8,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
-from solider.data.keypoints import match_keypoints, read_keypoints
+from solider.data.keypoints import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
 from solider.data.multicrop import MultiCropTransform
 from solider.data.synthetic import generate_market_dataset
@@ -81,6 +83,10 @@ def build_pretrain_dataset(source: CropSource, transform: MultiCropTransform, mi
     keypoints = None
     if source.keypoints is not None:
         table = read_keypoints(source.keypoints)
+        if source.market_root is not None:  # a Market root's file also covers query/gallery: not ours
+            prefix = normalize_key(os.path.relpath(source.images, source.keypoint_root)) + "/"
+            table = dataclasses.replace(table, entries={k: v for k, v in table.entries.items()
+                                                        if normalize_key(k).startswith(prefix)})
         sizes = [e.size for e in index.entries]
         keypoints = match_keypoints(index.paths, table, root=source.keypoint_root, image_sizes=sizes)
     logger.info("pretraining on %d crops from %s (%s)", len(index), source.images,
