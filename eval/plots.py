@@ -180,13 +180,13 @@ def plot_ranked_lists(dist_rows: np.ndarray, query_indices: Sequence[int], query
             color = GREEN if g_pids[g] == q_pids[q] else RED
             _cell(ax, gallery_paths[g], color, f"#{col + 1} d={dist_rows[row, g]:.3f}\npid {g_pids[g]}",
                   image_size)
-    return _save(fig, path)
+    return _save(fig, path, dpi=72)  # photos: a lower resolution keeps the file small
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+def _save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -67,6 +67,6 @@ def test_distance_distribution_cmc_and_ranked_list_pngs(tmp_path):
     dist = compute_distance_matrix(qf[chosen], gf)
     q_paths, g_paths = paths[:len(qp)], paths[len(qp):]
     out = plot_ranked_lists(dist, chosen, q_paths, g_paths, qp, gp, qc, gc, tmp_path / "ranked.png", topk=5)
-    _assert_png(out, (500, 500))
+    _assert_png(out, (350, 350))
     with pytest.raises(ValueError, match="dist_rows must be"):
         plot_ranked_lists(dist[:1], chosen, q_paths, g_paths, qp, gp, qc, gc, tmp_path / "x.png")
