@@ -50,7 +50,8 @@ from eval.metrics import resolve_device
 
 __all__ = ["k_reciprocal_rerank", "k_reciprocal_rerank_features"]
 
-_ACC_BUDGET = 2**27  # elements of the Jaccard accumulator per query chunk
+_ACC_BUDGET = 2**26  # elements of the Jaccard accumulator per query chunk (256 MB in float32)
+_TERM_BUDGET = 2**23  # Jaccard terms (query, column, gallery item) laid out at once (~50 B each)
 
 
 class _Rows:
@@ -269,6 +270,20 @@ def _gallery_columns(indptr: torch.Tensor, cols: torch.Tensor, vals: torch.Tenso
     return cptr, key % n - nq, vals[sel][order]
 
 
+def _query_chunks(indptr: torch.Tensor, cols: torch.Tensor, cptr: torch.Tensor, nq: int, num_g: int):
+    """Query ranges whose accumulator and Jaccard terms stay within their memory budgets."""
+    terms = torch.zeros(len(cols) + 1, dtype=torch.int64, device=cols.device)
+    terms[1:] = torch.cumsum(cptr[cols + 1] - cptr[cols], 0)  # cumulative terms over V's entries
+    per_query = (terms[indptr[1:nq + 1]] - terms[indptr[:nq]]).cpu().numpy()
+    max_rows = max(1, _ACC_BUDGET // max(num_g, 1))
+    q0 = 0
+    while q0 < nq:
+        fits = int(np.searchsorted(np.cumsum(per_query[q0:q0 + max_rows]), _TERM_BUDGET, side="right"))
+        q1 = q0 + max(1, fits)
+        yield q0, q1
+        q0 = q1
+
+
 def _rerank(rows: _Rows, k1: int, k2: int, lambda_value: float, fp16: bool, chunk: int | None) -> np.ndarray:
     if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"need k1 >= 1, k2 >= 1 and 0 <= lambda_value <= 1, got k1={k1}, k2={k2}, "
@@ -284,9 +299,7 @@ def _rerank(rows: _Rows, k1: int, k2: int, lambda_value: float, fp16: bool, chun
     if k2 != 1:
         indptr, cols, vals = _query_expansion(indptr, cols, vals, rank[:, :k2], fp16)
     gallery = _gallery_columns(indptr, cols, vals, nq, n)
-    q_chunk = max(1, _ACC_BUDGET // max(n - nq, 1))
-    for q0 in range(0, nq, q_chunk):
-        q1 = min(q0 + q_chunk, nq)
+    for q0, q1 in _query_chunks(indptr, cols, gallery[0], nq, n - nq):
         m = _jaccard_sums(indptr, cols, vals, q0, q1, gallery, n - nq).cpu().numpy()
         for a in range(0, q1 - q0, 256):  # numpy ops in the reference's dtypes, small temporaries
             mm, dst = m[a:a + 256], out[q0 + a:min(q0 + a + 256, q1)]

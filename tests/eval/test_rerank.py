@@ -102,3 +102,14 @@ def test_torch_inputs_and_bad_arguments():
     bad[3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         k_reciprocal_rerank(mats[0], mats[1], bad)
+
+
+def test_small_memory_budgets_give_the_same_result(monkeypatch):
+    import eval.rerank as rerank_module
+
+    rng = np.random.default_rng(8)
+    mats = _matrices(*_clustered(rng, 30, 90, dim=8, ids=12))
+    ref = k_reciprocal_rerank(*mats)
+    monkeypatch.setattr(rerank_module, "_TERM_BUDGET", 50)  # one query per chunk (each has more terms)
+    monkeypatch.setattr(rerank_module, "_ACC_BUDGET", 4 * 90)  # at most 4 queries per chunk
+    np.testing.assert_array_equal(k_reciprocal_rerank(*mats, chunk_size=7), ref)
