@@ -75,6 +75,16 @@ def test_help_lists_the_config_keys(capsys):
         assert key in text
 
 
+def test_config_file_and_print_config(tmp_path, capsys):
+    (tmp_path / "eval.yaml").write_text("eval:\n  metric: cosine\nrerank:\n  k1: 15\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["--features", "x.npz", "--config", str(tmp_path / "eval.yaml"), "rerank.k2=3", "--rerank",
+              "--print-config"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "metric: cosine" in text and "k1: 15" in text and "k2: 3" in text and "enabled: true" in text
+
+
 def test_features_path_with_rerank_and_compare(tmp_path, market_tree, capsys):
     after = _features_file(tmp_path / "after.npz", market_tree, seed=1)
     before = _features_file(tmp_path / "before.npz", market_tree, seed=2, with_paths=False)
