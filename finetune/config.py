@@ -1,0 +1,172 @@
+"""The fine-tuning config schema: every key of ``finetune/run.py`` with its default and advice.
+
+Defaults are the SOLIDER-REID recipe for Swin-T on Market-1501 (docs/reference/solider.md §5:
+384x128, SGD 8e-4 with bias lr x2, 20 warmup epochs then cosine over 120, soft-margin triplet, no
+label smoothing, no center loss, mean/std 0.5, timm "pixel" random erasing, test feature before BN,
+L2-normalised). ``configs/finetune/{solider_reid,bot,tao}.yaml`` spell out each recipe in full, so
+one YAML file plus ``key=value`` overrides is all a run needs (docs/FINETUNING.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from solider.config import ConfigError, opt, section
+
+
+@dataclass
+class InitConfig:
+    path: str | None = opt(None, "weights to start from: our pretraining checkpoint, an official SOLIDER "
+                                 "one, a fine-tuned ReID checkpoint, an ImageNet Swin file; none = random "
+                                 "init (also: --init PATH|none)")
+    source: Literal["teacher", "student", "imagenet"] = opt(
+        "teacher", "which network of a pretraining checkpoint (teacher is what SOLIDER releases); "
+                   "imagenet forces the Microsoft/timm Swin conversion (detected automatically anyway)")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = opt("swin_tiny", "swin_tiny | swin_small | swin_base | custom (then embed_dim, depths, "
+                                 "num_heads, window_size are used)")
+    embed_dim: int = opt(96, "custom arch only: channels of stage 0", gt=0)
+    depths: tuple[int, ...] = opt((2, 2, 6, 2), "custom arch only: blocks per stage")
+    num_heads: tuple[int, ...] = opt((3, 6, 12, 24), "custom arch only: attention heads per stage")
+    window_size: int = opt(7, "custom arch only: attention window (official: 7)", gt=0)
+    img_size: tuple[int, int] = opt((384, 128), "input height, width for training and test "
+                                                "(SOLIDER-REID 384x128; BoT/TAO 256x128)")
+    semantic_weight: float = opt(0.2, "lambda of the frozen semantic controller (0.2 for ReID, "
+                                      "SOLIDER-REID README); negative = a Swin without controller", le=1)
+    drop_path_rate: float = opt(0.1, "stochastic depth (SOLIDER-REID 0.1)", ge=0, lt=1)
+    reduction_dim: int = opt(0, "bias-free Linear to this size before the BNNeck (TAO: 256); 0 = none",
+                             ge=0)
+    neck_feat: Literal["before", "after"] = opt("before", "test feature: before the BNNeck (SOLIDER-REID) "
+                                                          "or after it (BoT, TAO)")
+    test_norm: bool = opt(True, "L2-normalise the test feature (all three recipes)")
+    use_checkpoint: bool = opt(False, "gradient checkpointing: less memory, ~30% slower")
+
+    def arch_spec(self) -> str | dict:
+        """What ``build_swin`` takes: a variant name or the custom dims."""
+        if self.arch != "custom":
+            return self.arch
+        return {"embed_dim": self.embed_dim, "depths": tuple(self.depths),
+                "num_heads": tuple(self.num_heads), "window_size": self.window_size}
+
+    def validate(self) -> None:
+        if self.arch == "custom" and len(self.depths) != len(self.num_heads):
+            raise ConfigError(f"model.depths {self.depths} and model.num_heads {self.num_heads} "
+                              "must have the same length")
+
+
+@dataclass
+class DataConfig:
+    root: str | None = opt(None, "Market-format root (Market-1501, CUHK03 subset, ...) or MSMT17 root; "
+                                 "None = the synthetic demo set, generated once into data.cache_dir")
+    num_workers: int = opt(4, "data loader processes per training process", ge=0)
+    cache_dir: str = opt(".cache/synthetic", "where the synthetic set is generated when root is None")
+    synthetic_ids: int = opt(60, "synthetic set: identities (half train, half test)", gt=3)
+    synthetic_images_per_camera: int = opt(4, "synthetic set: images per identity and camera", gt=0)
+
+
+@dataclass
+class AugmentConfig:
+    mean: tuple[float, float, float] = opt((0.5, 0.5, 0.5), "normalisation mean (SOLIDER-REID/TAO 0.5; "
+                                                            "BoT ImageNet)")
+    std: tuple[float, float, float] = opt((0.5, 0.5, 0.5), "normalisation std")
+    interpolation: Literal["bicubic", "bilinear"] = opt("bicubic", "resize filter (train and test)")
+    flip_p: float = opt(0.5, "horizontal flip probability", ge=0, le=1)
+    padding: int = opt(10, "zero padding before the random crop", ge=0)
+    erasing_p: float = opt(0.5, "random erasing probability", ge=0, le=1)
+    erasing_mode: Literal["pixel", "mean"] = opt("pixel", "pixel: timm N(0,1) noise (SOLIDER-REID, TAO); "
+                                                          "mean: BoT, filled with the mean values")
+
+
+@dataclass
+class LossConfig:
+    id_weight: float = opt(1.0, "weight of the ID (cross-entropy) loss", ge=0)
+    label_smoothing: float = opt(0.0, "label smoothing epsilon (BoT 0.1; SOLIDER-REID 0)", ge=0, lt=1)
+    triplet_weight: float = opt(1.0, "weight of the batch-hard triplet loss on the pre-BN feature", ge=0)
+    triplet_soft_margin: bool = opt(True, "soft margin log(1+exp(d_ap-d_an)) (SOLIDER-REID) instead of the "
+                                          "hinge with triplet_margin (BoT, TAO)")
+    triplet_margin: float = opt(0.3, "hinge margin (ignored with the soft margin)", ge=0)
+    center_weight: float = opt(0.0, "center loss weight (BoT 5e-4); 0 = off", ge=0)
+    center_lr: float = opt(0.5, "SGD lr of the centres (BoT 0.5), on the unweighted gradient", gt=0)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = opt("sgd", "SGD with momentum (SOLIDER-REID, TAO Swin) or Adam "
+                                                       "(BoT)")
+    lr: float = opt(8e-4, "base lr (SOLIDER-REID: 8e-4 Swin-T, 2e-4 Swin-S/B on MSMT17; BoT Adam "
+                          "3.5e-4); not scaled with the batch", gt=0)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = opt(1e-4, "weight decay of weights (L2 in the gradient for sgd/adam)", ge=0)
+    weight_decay_bias: float = opt(1e-4, "weight decay of parameters named *bias*", ge=0)
+    bias_lr_factor: float = opt(2.0, "lr multiplier of parameters named *bias* (SOLIDER-REID 2, BoT 1)",
+                                gt=0)
+    schedule: Literal["cosine", "multistep"] = opt("cosine", "per-epoch lr: timm cosine (SOLIDER-REID) or "
+                                                             "warmup + steps (BoT)")
+    warmup_epochs: int = opt(20, "linear warmup epochs (SOLIDER-REID 20, BoT 10)", ge=0)
+    warmup_factor: float = opt(0.01, "warmup starts at this fraction of optim.lr", gt=0, le=1)
+    min_lr_factor: float = opt(0.002, "cosine: final lr as a fraction of optim.lr", ge=0, le=1)
+    milestones: tuple[int, ...] = opt((40, 70), "multistep: epochs where the lr is multiplied by gamma")
+    gamma: float = opt(0.1, "multistep: decay factor", gt=0, le=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(120, "training epochs (the lr schedules span them)", gt=0)
+    batch_size: int = opt(64, "images per process = P identities x K (train.num_instances)", gt=0)
+    num_instances: int = opt(4, "K images per identity in a batch", gt=0)
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (smoke runs); schedules still "
+                                      "span train.epochs; evaluation runs at the stop", gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt(
+        "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
+    sync_bn: bool = opt(False, "synchronise the BNNeck statistics across processes (TAO does)")
+    compile: bool = opt(False, "torch.compile the backbone")
+    log_every: int = opt(20, "steps between scalar logs", gt=0)
+    deterministic: bool = opt(False, "ask torch for deterministic kernels (CPU runs are exact anyway)")
+
+    def validate(self) -> None:
+        if self.batch_size % self.num_instances or self.batch_size // self.num_instances < 2:
+            raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of train.num_instances="
+                              f"{self.num_instances} with at least 2 identities per batch")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = opt(2000, "steps between periodic checkpoints (last.pt is also written each epoch)",
+                           gt=0)
+    keep_last: int = opt(2, "periodic checkpoints kept", ge=1)
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = opt(10, "epochs between evaluations (always also at the end); 0 = only at the end",
+                            ge=0)
+    at_start: bool = opt(False, "also evaluate the initial model before training (history entry at step 0)")
+    batch_size: int = opt(128, "images per process and batch for feature extraction", gt=0)
+    metric: Literal["euclidean", "sqeuclidean", "cosine"] = opt(
+        "euclidean", "distance between test features (on L2-normalised features all three rank alike)")
+    flip: bool = opt(False, "average the features of the image and its mirror image")
+    rerank: bool = opt(False, "also report k-reciprocal re-ranking (Zhong et al. 2017)")
+    k1: int = opt(20, "re-ranking k1", gt=0)
+    k2: int = opt(6, "re-ranking k2", gt=0)
+    lambda_value: float = opt(0.3, "re-ranking weight of the original distance", ge=0, le=1)
+    max_rank: int = opt(50, "length of the CMC curve", gt=0)
+
+
+@dataclass
+class FinetuneConfig:
+    output_dir: str = opt("runs/finetune", "checkpoints/, config.yaml, log.jsonl, tb/, metrics.json")
+    seed: int = opt(1234, "random seed (SOLIDER-REID 1234; CPU runs repeat bit for bit)")
+    resume: str | None = opt(None, "a checkpoint path, or auto for the newest in output_dir")
+    init: InitConfig = section(InitConfig, "initial weights")
+    model: ModelConfig = section(ModelConfig, "backbone and neck")
+    data: DataConfig = section(DataConfig, "labeled Market-format data")
+    augment: AugmentConfig = section(AugmentConfig, "training transforms (test: resize + normalise)")
+    loss: LossConfig = section(LossConfig, "ID + triplet (+ center) losses")
+    optim: OptimConfig = section(OptimConfig, "optimizer and per-epoch lr schedule")
+    train: TrainConfig = section(TrainConfig, "loop")
+    checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoints")
+    eval: EvalConfig = section(EvalConfig, "evaluation on query / gallery")
