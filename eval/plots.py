@@ -122,7 +122,7 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike, max_rank
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return _save(fig, path)
 
 

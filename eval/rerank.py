@@ -25,12 +25,12 @@ Steps, over all N = num_q + num_g items (queries first):
 The reference builds several dense (N, N) matrices (Market-1501: ~7 GB). Here V is sparse (a
 few dozen non-zeros per row), the original distance is streamed in row chunks twice (top-k and
 row maxima, then the values V needs), and the Jaccard sums touch only co-occurring entries.
-Extra memory beyond the inputs: the (num_q, num_g) float32 result, one float32 accumulator of
-``min(num_q, 2**27 / num_g)`` rows, and O(chunk x N) for the streamed rows.
-Measured peak resident memory (numbers in docs/EVALUATION.md): Market-1501 size
-(3,368 + 15,913) from distance matrices: ~1.9 GB of which the inputs are 1.3 GB; MSMT17 size
-(11,659 + 82,161) from features (the distance matrices alone would be 31 GB): ~5.5 GB, of which
-the 3.8 GB result.
+Extra memory beyond the inputs: the (num_q, num_g) float32 result, a Jaccard accumulator of at
+most 2**26 elements, bounded Jaccard term arrays, and O(chunk x N) for the streamed rows.
+Measured peak resident memory of the call itself on CPU (docs/EVALUATION.md): Market-1501 size
+(3,368 + 15,913) from distance matrices: +0.49 GiB (the three input matrices hold 1.27 GB);
+MSMT17 size (11,659 + 82,161) from 256-d features: +4.68 GiB, of which 3.57 GiB is the result
+(its distance matrices alone would take 33 GiB, the dense reference implementations > 100 GB).
 
 Every floating-point operation of the reference is reproduced in the same dtype and, where order
 matters, the same order (numpy's pairwise float32 sum for the V normalisation, sequential sums
