@@ -134,3 +134,17 @@ def test_init_reads_solider_reid_head_names(tmp_path):
     assert report.head_loaded == ["bnneck (from 'bottleneck')", "classifier"]
     for k, v in trained.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v)
+
+
+def test_init_from_imagenet_swin_weights(tmp_path):
+    # A timm ImageNet Swin of the same dims (timm layout, converted by the backbone loader); the
+    # controller and norm0 keep their initial values, as the report says.
+    torch.manual_seed(0)
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=16, depths=(2, 2),
+                            num_heads=(1, 2), num_classes=10)
+    torch.save({"model": ref.state_dict()}, tmp_path / "imagenet.pth")
+    model = _model()
+    report = initialize_model(model, tmp_path / "imagenet.pth", source="imagenet")
+    assert report.backbone.layout.startswith("ImageNet Swin")
+    assert "norm0.weight" in report.backbone.kept_init and report.head_loaded == []
+    torch.testing.assert_close(model.backbone.patch_embed.projection.weight, ref.patch_embed.proj.weight)

@@ -1,0 +1,94 @@
+"""Data for fine-tuning: the labeled dataset (or the synthetic default), the P x K training loader and
+per-process query / gallery loaders.
+
+Every loader gets a private ``torch.Generator`` so that creating its iterator never draws on the
+global RNG (evaluations in the middle of training leave the training randomness untouched, and a
+resumed run continues bit for bit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from solider.data.datasets import ReIDImageDataset
+from solider.data.market import MarketDataset, read_reid_dataset
+from solider.data.sampler import PKBatchSampler
+from solider.data.transforms import ReIDTransform
+from solider.pretrain_data import synthetic_root
+from solider.utils.logging import get_logger
+from solider.utils.seed import PerSampleSeeded
+
+logger = get_logger(__name__)
+
+__all__ = ["TrainData", "resolve_root", "build_train_data", "build_test_loader"]
+
+
+def resolve_root(root: str | None, cache_dir: str, synthetic_ids: int, images_per_camera: int) -> Path:
+    """``root``, or the synthetic Market-format set (generated once into ``cache_dir``) when None.
+
+    The synthetic set is the one pretraining uses by default (same cache folder and name), so the
+    demo generates it once.
+    """
+    if root is not None:
+        path = Path(root)
+        if not path.is_dir():
+            raise FileNotFoundError(f"data.root={root}: no such folder (expected a Market-1501-layout or "
+                                    "MSMT17 root)")
+        return path
+    return synthetic_root(cache_dir, synthetic_ids, images_per_camera, seed=0)
+
+
+@dataclass
+class TrainData:
+    dataset: PerSampleSeeded  # ReIDImageDataset with per-(seed, epoch, index) augmentation
+    sampler: PKBatchSampler
+    loader: DataLoader
+    steps_per_epoch: int  # batches per epoch (the same on every process)
+
+
+def build_train_data(data: MarketDataset, transform: ReIDTransform, batch_size: int, num_instances: int,
+                     seed: int, rank: int, world_size: int, num_workers: int, pin_memory: bool) -> TrainData:
+    """The training split under a P x K sampler (P = batch_size / K identities on each process).
+
+    The sampler shards by itself, so the loader stays out of ``accelerator.prepare`` (see
+    ``solider.data.sampler``); batches go to the device in the loop.
+    """
+    dataset = PerSampleSeeded(ReIDImageDataset(data.train, transform), seed)
+    sampler = PKBatchSampler([r.pid for r in data.train], batch_size // num_instances, num_instances,
+                             seed=seed, rank=rank, world_size=world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                        generator=torch.Generator(), persistent_workers=False)
+    return TrainData(dataset, sampler, loader, len(sampler))  # a fresh sampler starts at batch 0
+
+
+def build_test_loader(records: list, transform: ReIDTransform, batch_size: int, rank: int, world_size: int,
+                      num_workers: int, pin_memory: bool) -> DataLoader:
+    """Query or gallery images in order; with several processes each takes a strided share.
+
+    ``DistributedSampler`` pads the shares to equal length with repeated items; feature extraction
+    gathers every process's features and drops the repeats by dataset index. Unreadable images
+    raise (a replaced gallery image would silently change the metric).
+    """
+    dataset = ReIDImageDataset(records, transform, on_error="raise")
+    sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+               if world_size > 1 else None)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=torch.Generator())
+
+
+def describe(data: MarketDataset, root: Path) -> str:
+    """One log paragraph: the dataset summary and where it came from."""
+    return f"fine-tuning data from {root}\n{data.summary()}"
+
+
+def load_dataset(root: Path) -> MarketDataset:
+    """Read the dataset and check it can train a classifier (at least 2 identities)."""
+    data = read_reid_dataset(root)
+    if data.num_train_pids < 2:
+        raise ValueError(f"{root}: the training split has {data.num_train_pids} identities; fine-tuning "
+                         "needs at least 2")
+    return data

@@ -1,0 +1,299 @@
+"""ReID fine-tuning of a (SOLIDER-pretrained) Swin: ID + triplet (+ center) losses on P x K batches.
+
+    python finetune/run.py --init CKPT [--config configs/finetune/market1501_swin_tiny.yaml] [key=value ...]
+    accelerate launch finetune/run.py --init CKPT --config F [key=value ...]
+    python finetune/run.py --init CKPT --eval-only [--config F]     # evaluate only
+    python finetune/run.py                                          # the demo config, synthetic data
+
+``--init``: our pretraining checkpoint (teacher; ``init.source=student`` for the student), an
+official SOLIDER checkpoint, a fine-tuned ReID checkpoint (its classifier is skipped when the number
+of identities differs), an ImageNet Swin file, or ``none`` (random initialisation). Without
+``--config`` and overrides the demo config (configs/finetune/demo.yaml) runs. Outputs in
+``output_dir``: ``config.yaml``, ``log.jsonl``, ``tb/`` (TensorBoard), ``metrics.json`` (every
+evaluation; best by mAP), ``checkpoints/{last.pt, best.pt, step_*.pt}``. ``resume=auto``
+continues bit-exactly (on CPU) from the newest checkpoint. See docs/FINETUNING.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from finetune.checkpoint import KIND, build_model, initialize_model
+from finetune.config import FinetuneConfig
+from finetune.data import build_test_loader, build_train_data, describe, load_dataset, resolve_root
+from finetune.evaluation import best_entry, evaluate_model, write_metrics
+from finetune.losses import CenterLoss, center_step
+from finetune.model import Embedder, ReIDModel
+from finetune.optim import LRSchedule, build_optimizer, param_groups, set_epoch_lr
+from finetune.step import LossWeights, metric_values, reid_step
+from solider.config import build_arg_parser, config_from_args, save_config, to_dict
+from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
+from solider.utils.checkpointing import CheckpointManager, load_resume_state
+from solider.utils.logging import get_logger, setup_logging
+from solider.utils.seed import seed_everything
+from solider.utils.tracking import RunLogger
+from solider.utils.training import (
+    check_finite,
+    gather_rng_states,
+    peak_memory_mb,
+    resolve_mixed_precision,
+    restore_rng_states,
+)
+
+logger = get_logger("finetune.run")
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
+ADVICE = "Try a lower optim.lr, a longer optim.warmup_epochs, or train.mixed_precision=bf16/no."
+
+
+@dataclass
+class Run:
+    """Everything the loop works on, built once by :func:`build_run`."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # prepared (DDP-wrapped with several processes)
+    unwrapped: ReIDModel
+    optimizer: torch.optim.Optimizer
+    center: CenterLoss | None
+    center_optimizer: torch.optim.Optimizer | None
+    schedule: LRSchedule
+    weights: LossWeights
+    train: object | None  # finetune.data.TrainData (None for --eval-only)
+    query_loader: torch.utils.data.DataLoader
+    gallery_loader: torch.utils.data.DataLoader
+    num_classes: int
+
+
+def parse_config(argv: list[str] | None) -> tuple[FinetuneConfig, argparse.Namespace]:
+    parser = build_arg_parser(FinetuneConfig, __doc__, prog="finetune/run.py")
+    parser.add_argument("--init", default=None, metavar="CKPT|none",
+                        help="initial weights (sets init.path; 'none' = random initialisation)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the initial (or resumed) model on query/gallery, write "
+                             "metrics.json, exit")
+    args = parser.parse_args(argv)
+    if args.config is None and not args.overrides and DEMO_CONFIG.is_file():
+        args.config = str(DEMO_CONFIG)
+    if args.init is not None:
+        args.overrides = [*args.overrides, f"init.path={args.init}"]
+    return config_from_args(FinetuneConfig, args), args
+
+
+def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, load_init: bool) -> Run:
+    """Data, model (+ init weights), optimizers and schedule; model and optimizer are prepared."""
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    with accelerator.main_process_first():  # the main process generates the synthetic set (once) first
+        root = resolve_root(cfg.data.root, cfg.data.cache_dir, cfg.data.synthetic_ids,
+                            cfg.data.synthetic_images_per_camera)
+        data = load_dataset(root)
+    logger.info("%s", describe(data, root))
+    aug, pin = cfg.augment, device.type == "cuda"
+    test_tf = build_reid_test_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation)
+    loaders = [build_test_loader(recs, test_tf, cfg.eval.batch_size, rank, world, cfg.data.num_workers, pin)
+               for recs in (data.query, data.gallery)]
+    train = None
+    if not eval_only:
+        train_tf = build_reid_train_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation,
+                                              aug.flip_p, aug.padding, aug.erasing_p, aug.erasing_mode)
+        train = build_train_data(data, train_tf, cfg.train.batch_size, cfg.train.num_instances, cfg.seed,
+                                 rank, world, cfg.data.num_workers, pin)
+
+    model = build_model(cfg, data.num_train_pids)
+    if load_init and cfg.init.path is not None:
+        initialize_model(model, cfg.init.path, cfg.init.source)
+    elif load_init:
+        logger.warning("init.path is not set: fine-tuning from a random initialisation")
+    if cfg.train.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.compile:
+        model.backbone.compile()
+    o = cfg.optim
+    optimizer = build_optimizer(param_groups(model, o.weight_decay, o.weight_decay_bias, o.bias_lr_factor),
+                                o.name, o.lr, o.momentum)
+    center = center_optimizer = None
+    if cfg.loss.center_weight > 0:
+        center = CenterLoss(data.num_train_pids, model.feat_dim).to(device)
+        center_optimizer = torch.optim.SGD(center.parameters(), lr=cfg.loss.center_lr)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    schedule = LRSchedule(o.schedule, o.lr, cfg.train.epochs, o.warmup_epochs, o.warmup_factor,
+                          o.min_lr_factor, tuple(o.milestones), o.gamma)
+    lw = cfg.loss
+    weights = LossWeights(lw.id_weight, lw.label_smoothing, lw.triplet_weight, lw.triplet_soft_margin,
+                          lw.triplet_margin, lw.center_weight)
+    return Run(accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, center, center_optimizer,
+               schedule, weights, train, loaders[0], loaders[1], data.num_train_pids)
+
+
+def checkpoint_state(cfg: FinetuneConfig, run: Run, step: int, history: list[dict]) -> dict:
+    """Everything a bit-exact resume needs, as tensors and plain values (call on every process)."""
+    acc = run.accelerator
+    spe = run.train.steps_per_epoch if run.train is not None else 1
+    return {"model": run.unwrapped.state_dict(), "config": to_dict(cfg), "num_classes": run.num_classes,
+            "kind": KIND, "step": step, "epoch": step / spe, "optimizer": run.optimizer.state_dict(),
+            "center": run.center.state_dict() if run.center is not None else None,
+            "center_optimizer": run.center_optimizer.state_dict() if run.center is not None else None,
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "rng": gather_rng_states(acc), "history": history}
+
+
+def restore_state(run: Run, state: dict) -> tuple[int, list[dict]]:
+    """Load a :func:`checkpoint_state` dict; returns (step, evaluation history)."""
+    if state.get("kind") != KIND:
+        raise ValueError(f"resume: not a fine-tuning checkpoint (kind={state.get('kind')!r}, "
+                         f"expected {KIND!r})")
+    run.unwrapped.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.center is not None:
+        run.center.load_state_dict(state["center"])
+        run.center_optimizer.load_state_dict(state["center_optimizer"])
+    if run.accelerator.scaler is not None and state.get("scaler"):
+        run.accelerator.scaler.load_state_dict(state["scaler"])
+    restore_rng_states(state.get("rng"), run.accelerator)
+    return int(state["step"]), list(state.get("history") or [])
+
+
+def train_step(cfg: FinetuneConfig, run: Run, batch: dict, step: int) -> dict[str, torch.Tensor]:
+    """forward -> losses -> finite check -> backward -> centre step -> optimizer step."""
+    acc = run.accelerator
+    images = batch["image"].to(acc.device, non_blocking=True)
+    pids = batch["pid"].to(acc.device, non_blocking=True)
+    with acc.autocast():
+        result = reid_step(run.model, images, pids, run.weights, run.center)
+    check_finite(acc, result.loss, step, result.metrics, ADVICE)
+    run.optimizer.zero_grad(set_to_none=True)
+    acc.backward(result.loss)
+    if run.center is not None:
+        grad = run.center.centers.grad
+        if acc.num_processes > 1:  # the centres are not in DDP: average their gradient by hand
+            grad.copy_(acc.reduce(grad, "mean"))
+        scale = acc.scaler.get_scale() if acc.scaler is not None else 1.0  # read before the step updates it
+        center_step(run.center_optimizer, run.center, cfg.loss.center_weight, scale)
+    run.optimizer.step()
+    return result.metrics
+
+
+def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker: RunLogger,
+             checkpoints: CheckpointManager | None) -> dict | None:
+    """Evaluate, append to ``history``, log ``eval/*``, rewrite metrics.json, save best.pt on a new best."""
+    acc = run.accelerator
+    e = cfg.eval
+    metrics = evaluate_model(Embedder(run.unwrapped), run.query_loader, run.gallery_loader, acc.device,
+                             e.metric, e.flip, {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value}
+                             if e.rerank else None, e.max_rank, acc.gather if acc.num_processes > 1 else None,
+                             acc.is_main_process)
+    spe = run.train.steps_per_epoch if run.train is not None else None
+    entry = {"epoch": round(step / spe, 4) if spe else None, "step": step}
+    if metrics is None:  # not the main process: keep the same history length for the same decisions
+        history.append(entry)
+        return None
+    entry.update(metrics)
+    previous_best = best_entry(history)
+    history.append(entry)
+    tracker.log({f"eval/{k}": v for k, v in metrics.items() if not k.startswith("num_")}, step=step)
+    write_metrics(Path(cfg.output_dir) / "metrics.json", history)
+    logger.info("evaluation at step %d: mAP %.4f  Rank-1 %.4f  Rank-5 %.4f  Rank-10 %.4f  mINP %.4f", step,
+                entry["mAP"], entry["rank1"], entry["rank5"], entry["rank10"], entry["mINP"])
+    if checkpoints is not None and (previous_best is None or entry["mAP"] > previous_best["mAP"]):
+        checkpoints.save_named({"model": run.unwrapped.state_dict(), "config": to_dict(cfg), "kind": KIND,
+                                "num_classes": run.num_classes, "step": step, "epoch": entry["epoch"],
+                                "metrics": entry}, "best.pt")
+    return entry
+
+
+def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, step: int, lr: float,
+                 images: int, seconds: float) -> None:
+    values = metric_values(metrics)
+    keys = sorted(values)
+    reduced = run.accelerator.reduce(torch.tensor([values[k] for k in keys], device=run.accelerator.device),
+                                     "mean").tolist()
+    values = {f"train/{k}": v for k, v in zip(keys, reduced)}
+    values.update({"train/lr": lr, "train/epoch": step / run.train.steps_per_epoch,
+                   "train/images_per_s": images * run.accelerator.num_processes / max(seconds, 1e-9),
+                   "train/memory_mb": peak_memory_mb(run.accelerator.device)})
+    tracker.log(values, step=step)
+    progress.set_postfix(loss=f"{values['train/loss']:.3f}", acc=f"{values['train/id_acc']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, args = parse_config(argv)
+    output_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
+                              log_with="tensorboard", project_dir=str(output_dir))
+    setup_logging(accelerator.is_main_process)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+    resumed = load_resume_state(cfg.resume, output_dir)
+    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # the same initial weights everywhere
+    run = build_run(cfg, accelerator, args.eval_only, load_init=resumed is None)
+    seed_everything(cfg.seed + accelerator.process_index, deterministic=cfg.train.deterministic)
+    step, history = 0, []
+    if resumed is not None:
+        step, history = restore_state(run, resumed[1])
+        logger.info("resumed from %s at step %d", resumed[0], step)
+    tracker = RunLogger(accelerator, output_dir, to_dict(cfg))
+    checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        logger.info("TensorBoard: tensorboard --logdir %s", tracker.tb_dir)
+    if args.eval_only:
+        evaluate(cfg, run, step, history, tracker, None)
+        tracker.close()
+        return {"step": step, "metrics": history[-1] if history else None}
+
+    spe = run.train.steps_per_epoch
+    total = cfg.train.epochs * spe
+    stop = min(total, cfg.train.max_steps or total)
+    logger.info("%d identities, P x K = %d x %d per process, %d steps per epoch, %d steps (stop at %d); "
+                "lr epoch 1 / %d / %d: %.3g / %.3g / %.3g", run.num_classes,
+                cfg.train.batch_size // cfg.train.num_instances, cfg.train.num_instances, spe, total, stop,
+                cfg.optim.warmup_epochs + 1, cfg.train.epochs, run.schedule.lr(1),
+                run.schedule.lr(cfg.optim.warmup_epochs + 1), run.schedule.lr(cfg.train.epochs))
+    if step == 0 and cfg.eval.at_start:
+        evaluate(cfg, run, 0, history, tracker, None)
+    progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, desc="finetune")
+    run.model.train()
+    last_log, tic = step, time.perf_counter()
+    while step < stop:
+        epoch, start_batch = divmod(step, spe)
+        run.train.sampler.set_epoch(epoch, start_batch)
+        run.train.dataset.set_epoch(epoch)
+        lr = set_epoch_lr(run.optimizer, run.schedule, epoch + 1)
+        for batch in run.train.loader:
+            metrics = train_step(cfg, run, batch, step)
+            step += 1
+            progress.update(1)
+            if step % cfg.train.log_every == 0 or step == stop:
+                log_training(run, tracker, progress, metrics, step, lr,
+                             (step - last_log) * cfg.train.batch_size, time.perf_counter() - tic)
+                last_log, tic = step, time.perf_counter()
+            if step % cfg.checkpoint.every_steps == 0:
+                checkpoints.save(checkpoint_state(cfg, run, step, history), step, periodic=True)
+            if step >= stop:
+                break
+        done = step // spe  # completed epochs
+        if step >= stop or (cfg.eval.every_epochs and step % spe == 0 and done % cfg.eval.every_epochs == 0):
+            evaluate(cfg, run, step, history, tracker, checkpoints)
+        checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # end of an epoch or of the run
+        accelerator.wait_for_everyone()
+    progress.close()
+    if not history or history[-1]["step"] != step:  # e.g. resumed from the final checkpoint
+        evaluate(cfg, run, step, history, tracker, checkpoints)
+    failures = run.train.dataset.load_failures
+    if failures:
+        logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)
+    tracker.close()
+    result = {"step": step, "metrics": history[-1] if history else None, "best": best_entry(history),
+              "checkpoint": str(checkpoints.directory / "last.pt"), "tensorboard": str(tracker.tb_dir)}
+    if accelerator.is_main_process:
+        logger.info("done: %s; metrics in %s", result["checkpoint"], output_dir / "metrics.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Small pieces every accelerate training loop of the project needs (pretraining and fine-tuning).
+
+- :func:`resolve_mixed_precision`: the ``train.mixed_precision`` convention ("auto": accelerate
+  launch's setting, else bf16 on GPU and no on CPU);
+- :func:`gather_rng_states` / :func:`restore_rng_states`: the global RNG state of every process, for
+  checkpoints that resume bit for bit;
+- :func:`check_finite`: stop every process with a clear error when the loss is NaN/inf;
+- :func:`peak_memory_mb`: peak accelerator memory (CUDA) or peak RSS (CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Mapping
+
+import torch
+from accelerate.utils import gather_object
+
+from solider.utils.logging import get_logger
+from solider.utils.seed import capture_rng_state, restore_rng_state
+
+logger = get_logger(__name__)
+
+__all__ = ["NonFiniteLossError", "resolve_mixed_precision", "gather_rng_states", "restore_rng_states",
+           "check_finite", "peak_memory_mb"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops before the broken state is saved."""
+
+
+def resolve_mixed_precision(setting: str) -> str | None:
+    """``"auto"`` -> None under ``accelerate launch`` (its own setting), else "bf16" with CUDA, else "no"."""
+    if setting != "auto":
+        return setting
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:
+        return None
+    return "bf16" if torch.cuda.is_available() else "no"
+
+
+def gather_rng_states(accelerator) -> list[dict]:
+    """The global RNG states of all processes, in process order (call on every process)."""
+    state = capture_rng_state()
+    return gather_object([state]) if accelerator.num_processes > 1 else [state]
+
+
+def restore_rng_states(states: list[dict] | None, accelerator) -> bool:
+    """Restore this process's RNG state from :func:`gather_rng_states` output.
+
+    Returns False (with a warning) when the checkpoint was written by a different number of
+    processes: training continues, but not bit for bit.
+    """
+    states = states or []
+    if len(states) == accelerator.num_processes:
+        restore_rng_state(states[accelerator.process_index])
+        return True
+    logger.warning("checkpoint has RNG states of %d processes, this run has %d: not restored, so the "
+                   "continuation is not bit-identical", len(states), accelerator.num_processes)
+    return False
+
+
+def check_finite(accelerator, loss: torch.Tensor, step: int, metrics: Mapping[str, float | torch.Tensor],
+                 advice: str) -> None:
+    """Raise :class:`NonFiniteLossError` on every process when any process's loss is not finite.
+
+    ``metrics`` (the loss terms) and ``advice`` (what to change) go into the message.
+    """
+    finite = accelerator.reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
+    if finite.item() >= 1:
+        return
+    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+    raise NonFiniteLossError(f"non-finite loss at step {step} ({terms}); the run stops and the last good "
+                             f"checkpoint stays in place. {advice}")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory on ``device``, or the process's peak RSS on CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
