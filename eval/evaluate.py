@@ -141,10 +141,34 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
     This is the one place to change when evaluating a different model (e.g. the fine-tuned ReID
     head).
 
+    A fine-tuned ReID checkpoint of ours (``kind == "reid_finetune"``, from ``finetune/run.py``) is
+    rebuilt whole from the file (backbone, reduction, BNNeck) and gives its test feature
+    (``ReIDModel.embed``: before/after the BNNeck, L2-normalised as configured), the feature its
+    training evaluated; ``model.img_size`` / ``model.semantic_weight`` / ``data.mean|std`` still
+    override, the architecture comes from the checkpoint.
+
     Returns:
         (model in eval mode, dict(img_size, mean, std, description)).
     """
     obj = None if path in (None, "random") else safe_load(path)
+    if isinstance(obj, dict) and obj.get("kind") == "reid_finetune":
+        from finetune.checkpoint import load_finetuned  # entry point: may use the fine-tuning package
+        from finetune.model import Embedder
+
+        if cfg.model.arch is not None:
+            raise SystemExit(f"{path} is a fine-tuned checkpoint: its architecture is fixed, drop model.arch")
+        reid, ft, _ = load_finetuned(path)
+        if cfg.model.semantic_weight is not None:
+            if cfg.model.semantic_weight < 0:
+                raise SystemExit("model.semantic_weight < 0: a fine-tuned model keeps its controller")
+            reid.backbone.semantic_weight = float(cfg.model.semantic_weight)
+        img_size = tuple(_pick(cfg.model.img_size, ft.model.img_size))
+        settings = {"img_size": img_size, "mean": tuple(_pick(cfg.data.mean, ft.augment.mean)),
+                    "std": tuple(_pick(cfg.data.std, ft.augment.std)),
+                    "description": f"{path} (fine-tuned {ft.model.arch}, {reid.feat_dim}-d feature "
+                                   f"{ft.model.neck_feat} the BNNeck, {img_size[0]}x{img_size[1]}, lambda "
+                                   f"{reid.backbone.semantic_weight})"}
+        return Embedder(reid).eval(), settings
     ck = (obj.get("config") or {}) if isinstance(obj, dict) else {}
     ck_model, ck_data = ck.get("model") or {}, {**(ck.get("augment") or {}), **(ck.get("data") or {})}
     m = cfg.model
