@@ -36,16 +36,11 @@ from finetune.step import LossWeights, metric_values, reid_step
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
 from solider.utils.checkpointing import CheckpointManager, load_resume_state
+from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import seed_everything
 from solider.utils.tracking import RunLogger
-from solider.utils.training import (
-    check_finite,
-    gather_rng_states,
-    peak_memory_mb,
-    resolve_mixed_precision,
-    restore_rng_states,
-)
+from solider.utils.training import check_finite, gather_rng_states, peak_memory_mb, restore_rng_states
 
 logger = get_logger("finetune.run")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
@@ -110,7 +105,10 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     elif load_init:
         logger.warning("init.path is not set: fine-tuning from a random initialisation")
     if cfg.train.sync_bn and world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            logger.warning("train.sync_bn: SyncBatchNorm needs CUDA; the BNNeck keeps per-process statistics")
     if cfg.train.compile:
         model.backbone.compile()
     o = cfg.optim
@@ -223,8 +221,7 @@ def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, st
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_config(argv)
     output_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
-                              log_with="tensorboard", project_dir=str(output_dir))
+    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)  # also multi-process CPU (gloo)
     setup_logging(accelerator.is_main_process)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
-"""Small pieces every accelerate training loop of the project needs (pretraining and fine-tuning).
+"""Small pieces every accelerate training loop of the project needs (pretraining and fine-tuning;
+the Accelerator itself comes from :func:`solider.utils.distributed.build_accelerator`).
 
-- :func:`resolve_mixed_precision`: the ``train.mixed_precision`` convention ("auto": accelerate
-  launch's setting, else bf16 on GPU and no on CPU);
 - :func:`gather_rng_states` / :func:`restore_rng_states`: the global RNG state of every process, for
   checkpoints that resume bit for bit;
 - :func:`check_finite`: stop every process with a clear error when the loss is NaN/inf;
@@ -10,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 from collections.abc import Mapping
 
@@ -22,21 +20,12 @@ from solider.utils.seed import capture_rng_state, restore_rng_state
 
 logger = get_logger(__name__)
 
-__all__ = ["NonFiniteLossError", "resolve_mixed_precision", "gather_rng_states", "restore_rng_states",
+__all__ = ["NonFiniteLossError", "gather_rng_states", "restore_rng_states",
            "check_finite", "peak_memory_mb"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops before the broken state is saved."""
-
-
-def resolve_mixed_precision(setting: str) -> str | None:
-    """``"auto"`` -> None under ``accelerate launch`` (its own setting), else "bf16" with CUDA, else "no"."""
-    if setting != "auto":
-        return setting
-    if "ACCELERATE_MIXED_PRECISION" in os.environ:
-        return None
-    return "bf16" if torch.cuda.is_available() else "no"
 
 
 def gather_rng_states(accelerator) -> list[dict]:

@@ -139,3 +139,28 @@ def test_eval_command_reads_a_finetuned_checkpoint(tiny_run, tiny_market, tmp_pa
     assert row["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
     assert row["Rank-1"] == pytest.approx(best["rank1"])
     assert "fine-tuned custom" in metrics["sources"]["best.pt"]
+
+
+@pytest.mark.dist
+def test_two_processes_train_and_gather_the_whole_evaluation(tiny_run, tiny_market, tmp_path):
+    # accelerate launch, 2 gloo processes x P=4: the sampler shards identities, evaluation shards
+    # query/gallery and gathers them (de-duplicated); same initial weights as the 1-process run.
+    import os
+    import subprocess
+    import sys
+
+    args = tiny_args(tiny_market, tmp_path, "train.epochs=2", "eval.every_epochs=0", "eval.at_start=true",
+                     "loss.center_weight=0.0005", "checkpoint.every_steps=3")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(ROOT / "launch" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "0",
+                    str(ROOT / "finetune" / "run.py"), "--init", "none", *args],
+                   check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    single = json.loads((tiny_run[0] / "metrics.json").read_text())["history"][0]
+    assert [h["step"] for h in history] == [0, 8]  # 2 epochs of 4 global steps (all 8 ids per step)
+    assert all(h["num_query"] == single["num_query"] and h["num_gallery"] == single["num_gallery"]
+               for h in history)
+    assert history[0]["mAP"] == pytest.approx(single["mAP"], abs=1e-6)
+    state = safe_load(tmp_path / "checkpoints" / "last.pt")
+    assert len(state["rng"]) == 2 and state["step"] == 8
