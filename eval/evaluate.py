@@ -202,7 +202,7 @@ def _extract(source: str, cfg: EvalConfig, device: torch.device) -> tuple[SplitF
         raise SystemExit("--data ROOT (data.root) is needed to extract features from a checkpoint")
     model, s = build_model_from_checkpoint(source, cfg)
     log.info("model: %s", s["description"])
-    dataset = read_reid_dataset(cfg.data.root)
+    dataset = read_reid_dataset(cfg.data.root, splits=("query", "gallery"))
     log.info("%s", dataset.summary())
     transform = build_reid_test_transform(s["img_size"], s["mean"], s["std"], cfg.data.interpolation)
     model.to(device)

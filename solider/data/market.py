@@ -164,8 +164,12 @@ def _warn_missing_query_ids(query: list[ReIDRecord], gallery: list[ReIDRecord]) 
                        "matched, e.g. pids %s", len(missing), n_images, missing[:5])
 
 
-def read_market1501(root: str | Path) -> MarketDataset:
+def read_market1501(root: str | Path, splits: Iterable[str] = ("train", "query", "gallery")) -> MarketDataset:
     """Read a Market-1501-layout dataset (see the module docstring for the rules).
+
+    Args:
+        root: the folder holding the split folders (or ``Market-1501-v15.09.15/`` inside it).
+        splits: the splits to read; the others stay empty (evaluation needs no ``bounding_box_train``).
 
     Raises:
         FileNotFoundError: a split folder is missing (names it and lists what ``root`` holds).
@@ -174,10 +178,13 @@ def read_market1501(root: str | Path) -> MarketDataset:
     root = Path(root)
     base = find_market_root(root) or root
     dropped: dict[str, int] = {}
-    splits = {name: _parse_split(_list_split(base / folder, base), base / folder, name, dropped)
-              for name, folder in MARKET_SPLITS.items()}
-    ds = MarketDataset(str(base), _relabel(splits["train"]), _keep(splits["query"]),
-                       _keep(splits["gallery"]), "market1501", dropped)
+    wanted = set(splits)
+    if not wanted or wanted - set(MARKET_SPLITS):
+        raise ValueError(f"splits {sorted(wanted)}: expected a non-empty subset of {list(MARKET_SPLITS)}")
+    parsed = {name: _parse_split(_list_split(base / folder, base), base / folder, name, dropped)
+              if name in wanted else [] for name, folder in MARKET_SPLITS.items()}
+    ds = MarketDataset(str(base), _relabel(parsed["train"]), _keep(parsed["query"]),
+                       _keep(parsed["gallery"]), "market1501", dropped)
     _warn_missing_query_ids(ds.query, ds.gallery)
     return ds
 
@@ -241,12 +248,16 @@ def read_msmt17(root: str | Path, include_val: bool = True) -> MarketDataset:
     return ds
 
 
-def read_reid_dataset(root: str | Path) -> MarketDataset:
-    """Detect the layout (MSMT17 list files, else Market-1501 folders) and read it."""
+def read_reid_dataset(root: str | Path,
+                      splits: Iterable[str] = ("train", "query", "gallery")) -> MarketDataset:
+    """Detect the layout (MSMT17 list files, else Market-1501 folders) and read it.
+
+    ``splits`` limits which Market-1501 folders must exist (MSMT17 reads its lists in full).
+    """
     if find_msmt_root(root) is not None:
         return read_msmt17(root)
     if find_market_root(root) is not None:
-        return read_market1501(root)
+        return read_market1501(root, splits)
     root = Path(root)
     existing = sorted(p.name for p in root.iterdir()) if root.is_dir() else "nothing (not a folder)"
     raise FileNotFoundError(f"{root} is neither Market-1501 layout ({sorted(MARKET_SPLITS.values())}, "

@@ -137,3 +137,19 @@ def test_unknown_layout(tmp_path):
     (tmp_path / "stuff").mkdir()
     with pytest.raises(FileNotFoundError, match=r"neither Market-1501 layout.*holds \['stuff'\]"):
         read_reid_dataset(tmp_path)
+
+
+def test_evaluation_needs_only_query_and_gallery(tmp_path):
+    from PIL import Image
+
+    from solider.data.market import read_market1501, read_reid_dataset
+
+    for folder, names in (("query", ["0001_c1s1_000001_00.jpg"]),
+                          ("bounding_box_test", ["0001_c2s1_000002_00.jpg", "0002_c1s1_000003_00.jpg"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            Image.new("RGB", (8, 16)).save(tmp_path / folder / name)
+    ds = read_reid_dataset(tmp_path, splits=("query", "gallery"))
+    assert len(ds.query) == 1 and len(ds.gallery) == 2 and ds.train == []
+    with pytest.raises(FileNotFoundError, match="bounding_box_train"):
+        read_market1501(tmp_path)
