@@ -124,6 +124,9 @@ class TrainConfig:
         "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
     sync_bn: bool = opt(False, "synchronise the BNNeck statistics across processes (TAO does)")
     compile: bool = opt(False, "torch.compile the backbone")
+    cpu_threads: int = opt(0, "torch threads per process when running on the CPU; 0 = torch's default. "
+                              "1 suits tiny models on a shared CPU, where spin-waiting threads can make "
+                              "2 threads 10x slower than 1", ge=0)
     log_every: int = opt(20, "steps between scalar logs", gt=0)
     deterministic: bool = opt(False, "ask torch for deterministic kernels (CPU runs are exact anyway)")
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from finetune.checkpoint import KIND, build_model, initialize_model
 from finetune.config import FinetuneConfig
-from finetune.data import build_test_loader, build_train_data, describe, load_dataset, resolve_root
+from finetune.data import TrainData, build_test_loader, build_train_data, describe, load_dataset, resolve_root
 from finetune.evaluation import best_entry, evaluate_model, write_metrics
 from finetune.losses import CenterLoss, center_step
 from finetune.model import Embedder, ReIDModel
@@ -59,7 +59,7 @@ class Run:
     center_optimizer: torch.optim.Optimizer | None
     schedule: LRSchedule
     weights: LossWeights
-    train: object | None  # finetune.data.TrainData (None for --eval-only)
+    train: TrainData | None  # None for --eval-only
     query_loader: torch.utils.data.DataLoader
     gallery_loader: torch.utils.data.DataLoader
     num_classes: int
@@ -218,11 +218,57 @@ def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, st
     progress.set_postfix(loss=f"{values['train/loss']:.3f}", acc=f"{values['train/id_acc']:.2f}")
 
 
+def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker: RunLogger,
+          checkpoints: CheckpointManager) -> int:
+    """The loop, from ``step`` to the stop; evaluates per ``eval.*`` and at the end. Returns the step."""
+    spe = run.train.steps_per_epoch
+    total = cfg.train.epochs * spe
+    stop = min(total, cfg.train.max_steps or total)
+    logger.info("%d identities, P x K = %d x %d per process, %d steps per epoch, %d steps (stop at %d); "
+                "lr epoch 1 / %d / %d: %.3g / %.3g / %.3g", run.num_classes,
+                cfg.train.batch_size // cfg.train.num_instances, cfg.train.num_instances, spe, total, stop,
+                cfg.optim.warmup_epochs + 1, cfg.train.epochs, run.schedule.lr(1),
+                run.schedule.lr(cfg.optim.warmup_epochs + 1), run.schedule.lr(cfg.train.epochs))
+    if step == 0 and cfg.eval.at_start:
+        evaluate(cfg, run, 0, history, tracker, None)
+    progress = tqdm(total=stop, initial=step, disable=not run.accelerator.is_main_process, desc="finetune")
+    run.model.train()
+    last_log, tic = step, time.perf_counter()
+    while step < stop:
+        epoch, start_batch = divmod(step, spe)
+        run.train.sampler.set_epoch(epoch, start_batch)  # resumes mid-epoch at the same batch
+        run.train.dataset.set_epoch(epoch)
+        lr = set_epoch_lr(run.optimizer, run.schedule, epoch + 1)
+        for batch in run.train.loader:
+            metrics = train_step(cfg, run, batch, step)
+            step += 1
+            progress.update(1)
+            if step % cfg.train.log_every == 0 or step == stop:
+                log_training(run, tracker, progress, metrics, step, lr,
+                             (step - last_log) * cfg.train.batch_size, time.perf_counter() - tic)
+                last_log, tic = step, time.perf_counter()
+            if step % cfg.checkpoint.every_steps == 0:
+                checkpoints.save(checkpoint_state(cfg, run, step, history), step, periodic=True)
+            if step >= stop:
+                break
+        done = step // spe  # completed epochs
+        if step >= stop or (cfg.eval.every_epochs and step % spe == 0 and done % cfg.eval.every_epochs == 0):
+            evaluate(cfg, run, step, history, tracker, checkpoints)
+        checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # end of an epoch or of the run
+        run.accelerator.wait_for_everyone()
+    progress.close()
+    if not history or history[-1]["step"] != step:  # e.g. resumed from the final checkpoint
+        evaluate(cfg, run, step, history, tracker, checkpoints)
+    return step
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_config(argv)
     output_dir = Path(cfg.output_dir)
     accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)  # also multi-process CPU (gloo)
     setup_logging(accelerator.is_main_process)
+    if cfg.train.cpu_threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg.train.cpu_threads)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -242,45 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate(cfg, run, step, history, tracker, None)
         tracker.close()
         return {"step": step, "metrics": history[-1] if history else None}
-
-    spe = run.train.steps_per_epoch
-    total = cfg.train.epochs * spe
-    stop = min(total, cfg.train.max_steps or total)
-    logger.info("%d identities, P x K = %d x %d per process, %d steps per epoch, %d steps (stop at %d); "
-                "lr epoch 1 / %d / %d: %.3g / %.3g / %.3g", run.num_classes,
-                cfg.train.batch_size // cfg.train.num_instances, cfg.train.num_instances, spe, total, stop,
-                cfg.optim.warmup_epochs + 1, cfg.train.epochs, run.schedule.lr(1),
-                run.schedule.lr(cfg.optim.warmup_epochs + 1), run.schedule.lr(cfg.train.epochs))
-    if step == 0 and cfg.eval.at_start:
-        evaluate(cfg, run, 0, history, tracker, None)
-    progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, desc="finetune")
-    run.model.train()
-    last_log, tic = step, time.perf_counter()
-    while step < stop:
-        epoch, start_batch = divmod(step, spe)
-        run.train.sampler.set_epoch(epoch, start_batch)
-        run.train.dataset.set_epoch(epoch)
-        lr = set_epoch_lr(run.optimizer, run.schedule, epoch + 1)
-        for batch in run.train.loader:
-            metrics = train_step(cfg, run, batch, step)
-            step += 1
-            progress.update(1)
-            if step % cfg.train.log_every == 0 or step == stop:
-                log_training(run, tracker, progress, metrics, step, lr,
-                             (step - last_log) * cfg.train.batch_size, time.perf_counter() - tic)
-                last_log, tic = step, time.perf_counter()
-            if step % cfg.checkpoint.every_steps == 0:
-                checkpoints.save(checkpoint_state(cfg, run, step, history), step, periodic=True)
-            if step >= stop:
-                break
-        done = step // spe  # completed epochs
-        if step >= stop or (cfg.eval.every_epochs and step % spe == 0 and done % cfg.eval.every_epochs == 0):
-            evaluate(cfg, run, step, history, tracker, checkpoints)
-        checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # end of an epoch or of the run
-        accelerator.wait_for_everyone()
-    progress.close()
-    if not history or history[-1]["step"] != step:  # e.g. resumed from the final checkpoint
-        evaluate(cfg, run, step, history, tracker, checkpoints)
+    step = train(cfg, run, step, history, tracker, checkpoints)
     failures = run.train.dataset.load_failures
     if failures:
         logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)
