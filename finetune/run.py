@@ -229,8 +229,8 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
                 cfg.train.batch_size // cfg.train.num_instances, cfg.train.num_instances, spe, total, stop,
                 cfg.optim.warmup_epochs + 1, cfg.train.epochs, run.schedule.lr(1),
                 run.schedule.lr(cfg.optim.warmup_epochs + 1), run.schedule.lr(cfg.train.epochs))
-    if step == 0 and cfg.eval.at_start:
-        evaluate(cfg, run, 0, history, tracker, None)
+    if step == 0 and cfg.eval.at_start:  # the initial model; best.pt stays the best evaluated state
+        evaluate(cfg, run, 0, history, tracker, checkpoints)
     progress = tqdm(total=stop, initial=step, disable=not run.accelerator.is_main_process, desc="finetune")
     run.model.train()
     last_log, tic = step, time.perf_counter()

@@ -38,7 +38,7 @@ def test_training_raises_map_and_writes_every_output(tiny_run):
     last, best = safe_load(out / "checkpoints" / "last.pt"), safe_load(out / "checkpoints" / "best.pt")
     assert last["kind"] == best["kind"] == KIND and last["step"] == 64 and last["num_classes"] == 8
     assert {"model", "optimizer", "config", "rng", "history", "scaler", "center"} <= set(last)
-    assert best["metrics"]["mAP"] == metrics["best"]["mAP"]
+    assert best["metrics"]["mAP"] == metrics["best"]["mAP"] and best["step"] == metrics["best"]["step"]
     assert (out / "config.yaml").is_file() and (out / "log.jsonl").is_file()
     model, cfg, _ = load_finetuned(out / "checkpoints" / "best.pt")  # rebuilt from the file alone
     assert cfg.model.embed_dim == 16 and model.classifier.out_features == 8 and not model.training
