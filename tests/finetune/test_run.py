@@ -164,3 +164,13 @@ def test_two_processes_train_and_gather_the_whole_evaluation(tiny_run, tiny_mark
     assert history[0]["mAP"] == pytest.approx(single["mAP"], abs=1e-6)
     state = safe_load(tmp_path / "checkpoints" / "last.pt")
     assert len(state["rng"]) == 2 and state["step"] == 8
+
+
+def test_real_crops_cuhk03_subset(cuhk03_root, tmp_path):
+    # The cuhk03_subset config's data (real JPEG crops of varying size), 2 steps of a tiny model,
+    # evaluated on the whole query (200) and gallery (738).
+    args = tiny_args(cuhk03_root, tmp_path, "train.max_steps=2", "train.epochs=1")
+    result = main(["--init", "none", *args])
+    final = result["metrics"]
+    assert (final["num_query"], final["num_gallery"]) == (200, 738) and 0 < final["mAP"] < 1
+    assert safe_load(tmp_path / "checkpoints" / "last.pt")["num_classes"] == 743
