@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     args.arch = args.arch or ("swin_tiny" if gpu else "tiny")
     sizes = args.sizes or ([(256, 128), (384, 128)] if gpu else [(128, 64), (192, 64)])
     batch = args.batch or (64 if gpu else 16)
+    if batch % args.num_instances or batch // args.num_instances < 2:
+        parser.error(f"--batch {batch}: need a multiple of --num-instances {args.num_instances} "
+                     "with at least 2 identities")
     torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     print(f"device {device} ({torch.cuda.get_device_name(device) if gpu else f'{args.threads} thread(s)'}), "
