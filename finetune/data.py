@@ -85,10 +85,13 @@ def describe(data: MarketDataset, root: Path) -> str:
     return f"fine-tuning data from {root}\n{data.summary()}"
 
 
-def load_dataset(root: Path) -> MarketDataset:
-    """Read the dataset and check it can train a classifier (at least 2 identities)."""
-    data = read_reid_dataset(root)
-    if data.num_train_pids < 2:
+def load_dataset(root: Path, train: bool = True) -> MarketDataset:
+    """Read the dataset; for training check it can train a classifier (at least 2 identities).
+
+    ``train=False`` (evaluation only) reads query and gallery alone: no training folder is needed.
+    """
+    data = read_reid_dataset(root, ("train", "query", "gallery") if train else ("query", "gallery"))
+    if train and data.num_train_pids < 2:
         raise ValueError(f"{root}: the training split has {data.num_train_pids} identities; fine-tuning "
                          "needs at least 2")
     return data

@@ -72,7 +72,7 @@ def parse_config(argv: list[str] | None) -> tuple[FinetuneConfig, argparse.Names
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the initial (or resumed) model on query/gallery, write "
                              "metrics.json, exit")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after --flags
     if args.config is None and not args.overrides and DEMO_CONFIG.is_file():
         args.config = str(DEMO_CONFIG)
     if args.init is not None:
@@ -86,7 +86,7 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     with accelerator.main_process_first():  # the main process generates the synthetic set (once) first
         root = resolve_root(cfg.data.root, cfg.data.cache_dir, cfg.data.synthetic_ids,
                             cfg.data.synthetic_images_per_camera)
-        data = load_dataset(root)
+        data = load_dataset(root, train=not eval_only)
     logger.info("%s", describe(data, root))
     aug, pin = cfg.augment, device.type == "cuda"
     test_tf = build_reid_test_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation)
@@ -99,7 +99,8 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
         train = build_train_data(data, train_tf, cfg.train.batch_size, cfg.train.num_instances, cfg.seed,
                                  rank, world, cfg.data.num_workers, pin)
 
-    model = build_model(cfg, data.num_train_pids)
+    num_classes = 0 if eval_only else data.num_train_pids  # evaluation needs no classifier
+    model = build_model(cfg, num_classes)
     if load_init and cfg.init.path is not None:
         initialize_model(model, cfg.init.path, cfg.init.source)
     elif load_init:
@@ -115,8 +116,8 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     optimizer = build_optimizer(param_groups(model, o.weight_decay, o.weight_decay_bias, o.bias_lr_factor),
                                 o.name, o.lr, o.momentum)
     center = center_optimizer = None
-    if cfg.loss.center_weight > 0:
-        center = CenterLoss(data.num_train_pids, model.feat_dim).to(device)
+    if cfg.loss.center_weight > 0 and not eval_only:
+        center = CenterLoss(num_classes, model.feat_dim).to(device)
         center_optimizer = torch.optim.SGD(center.parameters(), lr=cfg.loss.center_lr)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     schedule = LRSchedule(o.schedule, o.lr, cfg.train.epochs, o.warmup_epochs, o.warmup_factor,
@@ -125,7 +126,7 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     weights = LossWeights(lw.id_weight, lw.label_smoothing, lw.triplet_weight, lw.triplet_soft_margin,
                           lw.triplet_margin, lw.center_weight)
     return Run(accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, center, center_optimizer,
-               schedule, weights, train, loaders[0], loaders[1], data.num_train_pids)
+               schedule, weights, train, loaders[0], loaders[1], num_classes)
 
 
 def checkpoint_state(cfg: FinetuneConfig, run: Run, step: int, history: list[dict]) -> dict:
@@ -141,10 +142,17 @@ def checkpoint_state(cfg: FinetuneConfig, run: Run, step: int, history: list[dic
 
 
 def restore_state(run: Run, state: dict) -> tuple[int, list[dict]]:
-    """Load a :func:`checkpoint_state` dict; returns (step, evaluation history)."""
+    """Load a :func:`checkpoint_state` dict; returns (step, evaluation history).
+
+    For ``--eval-only`` (no training data, no classifier) only the weights are restored.
+    """
     if state.get("kind") != KIND:
         raise ValueError(f"resume: not a fine-tuning checkpoint (kind={state.get('kind')!r}, "
                          f"expected {KIND!r})")
+    if run.train is None:
+        weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
+        run.unwrapped.load_state_dict(weights)
+        return int(state["step"]), list(state.get("history") or [])
     run.unwrapped.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     if run.center is not None:

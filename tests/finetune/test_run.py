@@ -46,12 +46,23 @@ def test_training_raises_map_and_writes_every_output(tiny_run):
 
 def test_eval_only_reproduces_the_recorded_metrics(tiny_run, tiny_market, tmp_path):
     out, _ = tiny_run
-    best = json.loads((out / "metrics.json").read_text())["best"]
+    recorded = json.loads((out / "metrics.json").read_text())
+    best, final = recorded["best"], recorded["final"]
+    # a test-only copy of the data: evaluation needs no training folder
+    test_only = tmp_path / "data"
+    test_only.mkdir()
+    for split in ("query", "bounding_box_test"):
+        (test_only / split).symlink_to(tiny_market / split, target_is_directory=True)
     result = main(["--eval-only", "--init", str(out / "checkpoints" / "best.pt"),
-                   *tiny_args(tiny_market, tmp_path)])
+                   *tiny_args(test_only, tmp_path / "a")])
     assert result["metrics"]["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved["final"]["rank1"] == pytest.approx(best["rank1"])
+    # --eval-only with resume: the weights of a full training checkpoint (optimizer state unused)
+    last = out / "checkpoints" / "last.pt"
+    result = main(["--eval-only", f"resume={last}", *tiny_args(test_only, tmp_path / "b")])
+    assert result["metrics"]["mAP"] == pytest.approx(final["mAP"], abs=1e-6)
+    assert result["step"] == final["step"]
 
 
 def _pretraining_checkpoint(path, backbone) -> None:
