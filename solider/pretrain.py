@@ -215,8 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
                                        cfg.data.synthetic_images_per_camera, seed=0)
     source = resolve_crop_source(cfg.data.root, cfg.data.keypoints, synthetic)
     aug = cfg.augment
+    brightness, contrast, saturation, hue = aug.jitter
     transform = MultiCropTransform(cfg.model.img_size, cfg.model.local_size, aug.n_local, aug.global_scale,
-                                   aug.local_scale, aug.ratio, mean=aug.mean, std=aug.std)
+                                   aug.local_scale, aug.ratio, flip_p=aug.flip_p, jitter_p=aug.jitter_p,
+                                   brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
+                                   grayscale_p=aug.grayscale_p, blur_p=aug.blur_p, solarize_p=aug.solarize_p,
+                                   mean=aug.mean, std=aug.std)
     dataset = PerSampleSeeded(build_pretrain_dataset(source, transform, cfg.data.min_height,
                                                      cfg.data.max_aspect), cfg.seed)
     sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed,

@@ -58,6 +58,14 @@ class AugmentConfig:
     global_scale: tuple[float, float] = opt((0.8, 1.0), "area range of global crops (official 0.8-1)")
     local_scale: tuple[float, float] = opt((0.05, 0.8), "area range of local crops (official 0.05-0.8)")
     ratio: tuple[float, float] = opt((0.4, 0.6), "aspect range w/h of the crops (0.4-0.6 for 256x128)")
+    flip_p: float = opt(0.5, "horizontal flip probability", ge=0, le=1)
+    jitter_p: float = opt(0.8, "colour jitter probability", ge=0, le=1)
+    jitter: tuple[float, float, float, float] = opt((0.4, 0.4, 0.2, 0.1), "colour jitter strength: "
+                                                     "brightness, contrast, saturation, hue")
+    grayscale_p: float = opt(0.2, "grayscale probability", ge=0, le=1)
+    blur_p: tuple[float, float, float] = opt((1.0, 0.1, 0.5), "Gaussian blur probability: global 1, "
+                                                              "global 2, local crops")
+    solarize_p: float = opt(0.2, "solarisation probability of global crop 2", ge=0, le=1)
     mean: tuple[float, float, float] = opt((0.485, 0.456, 0.406), "normalisation mean (ImageNet)")
     std: tuple[float, float, float] = opt((0.229, 0.224, 0.225), "normalisation std (ImageNet)")
 
