@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from timm.models.resnet import ResNet
 
 from finetune.config import FinetuneConfig
 from finetune.model import ReIDModel, build_backbone
+from finetune.resnet import is_resnet, load_resnet_weights
 from solider.checkpoint import CheckpointError, LoadReport, load_backbone_weights, safe_load
 from solider.config import config_from_dict
 from solider.utils.logging import get_logger
@@ -37,7 +39,8 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> ReIDModel:
     """The ReID model a config describes (random weights)."""
     m = cfg.model
     backbone = build_backbone(m.arch_spec(), img_size=m.img_size, semantic_weight=m.semantic_weight,
-                              drop_path_rate=m.drop_path_rate, use_checkpoint=m.use_checkpoint)
+                              drop_path_rate=m.drop_path_rate, use_checkpoint=m.use_checkpoint,
+                              last_stride=m.last_stride)
     return ReIDModel(backbone, num_classes, reduction_dim=m.reduction_dim, neck_feat=m.neck_feat,
                      test_norm=m.test_norm)
 
@@ -102,13 +105,19 @@ def _load_head(model: ReIDModel, sd: dict[str, torch.Tensor], report: InitReport
 def initialize_model(model: ReIDModel, path: str | os.PathLike, source: str = "teacher") -> InitReport:
     """Load ``--init`` weights into ``model`` and return (and log) what was loaded.
 
-    The backbone goes through :func:`solider.checkpoint.load_backbone_weights` (strict: an
-    architecture mismatch raises its clear error). From ReID checkpoints (ours, SOLIDER-REID, TAO)
-    the reduction, BNNeck and classifier are loaded too when their shapes fit; the classifier of
-    a model trained on other identities is skipped and reported.
+    The backbone goes through :func:`solider.checkpoint.load_backbone_weights` (Swin) or
+    :func:`finetune.resnet.load_resnet_weights` (ResNet: timm / torchvision ImageNet state dicts,
+    ``fc`` ignored), both strict: an architecture mismatch raises a clear error. From ReID
+    checkpoints (ours, SOLIDER-REID, BoT, TAO) the reduction, BNNeck and classifier are loaded too
+    when their shapes fit; the classifier of a model trained on other identities is skipped and
+    reported.
     """
     obj = safe_load(path)
-    report = InitReport(str(path), load_backbone_weights(model.backbone, obj, source=source))
+    if isinstance(model.backbone, ResNet):
+        backbone = load_resnet_weights(model.backbone, obj, name=str(path), source=source)
+    else:
+        backbone = load_backbone_weights(model.backbone, obj, source=source)
+    report = InitReport(str(path), backbone)
     sd = _reid_state_dict(obj) if source != "student" else {}
     if any(f"{a}.weight" in sd for aliases in HEAD_ALIASES.values() for a in aliases):
         _load_head(model, sd, report)
@@ -141,7 +150,8 @@ def preprocessing(cfg: FinetuneConfig, feature_dim: int) -> dict:
             "img_size": list(cfg.model.img_size), "resize": "exact (no aspect-preserving crop)",
             "interpolation": cfg.augment.interpolation, "scale": 1 / 255, "mean": list(cfg.augment.mean),
             "std": list(cfg.augment.std), "feature_dim": feature_dim, "normalized": cfg.model.test_norm,
-            "neck_feat": cfg.model.neck_feat, "semantic_weight": cfg.model.semantic_weight,
+            "neck_feat": cfg.model.neck_feat,
+            "semantic_weight": None if is_resnet(cfg.model.arch) else cfg.model.semantic_weight,
             "distance": cfg.eval.metric, "arch": cfg.model.arch if cfg.model.arch != "custom"
             else cfg.model.arch_spec()}
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from finetune.resnet import RESNET_ARCHS, is_resnet
 from solider.config import ConfigError, opt, section
+
+ARCHS = ("swin_tiny", "swin_small", "swin_base", "custom", *RESNET_ARCHS)
 
 
 @dataclass
 class InitConfig:
     path: str | None = opt(None, "weights to start from: our pretraining checkpoint, an official SOLIDER "
-                                 "one, a fine-tuned ReID checkpoint, an ImageNet Swin file; none = random "
+                                 "one, a fine-tuned ReID checkpoint, an ImageNet Swin file, a timm / "
+                                 "torchvision ImageNet ResNet state dict (ResNet archs); none = random "
                                  "init (also: --init PATH|none)")
     source: Literal["teacher", "student", "imagenet"] = opt(
         "teacher", "which network of a pretraining checkpoint (teacher is what SOLIDER releases); "
@@ -28,7 +32,8 @@ class InitConfig:
 @dataclass
 class ModelConfig:
     arch: str = opt("swin_tiny", "swin_tiny | swin_small | swin_base | custom (then embed_dim, depths, "
-                                 "num_heads, window_size are used)")
+                                 "num_heads, window_size are used) | resnet18 | resnet34 | resnet50 | "
+                                 "resnet101 | resnet152 (timm ResNet, BoT / TAO baseline)")
     embed_dim: int = opt(96, "custom arch only: channels of stage 0", gt=0)
     depths: tuple[int, ...] = opt((2, 2, 6, 2), "custom arch only: blocks per stage")
     num_heads: tuple[int, ...] = opt((3, 6, 12, 24), "custom arch only: attention heads per stage")
@@ -36,8 +41,12 @@ class ModelConfig:
     img_size: tuple[int, int] = opt((384, 128), "input height, width for training and test "
                                                 "(SOLIDER-REID 384x128; BoT/TAO 256x128)")
     semantic_weight: float = opt(0.2, "lambda of the frozen semantic controller (0.2 for ReID, "
-                                      "SOLIDER-REID README); negative = a Swin without controller", le=1)
-    drop_path_rate: float = opt(0.1, "stochastic depth (SOLIDER-REID 0.1)", ge=0, lt=1)
+                                      "SOLIDER-REID README); negative = a Swin without controller; "
+                                      "ResNets have none (ignored with a note; -1 is silent)", le=1)
+    drop_path_rate: float = opt(0.1, "stochastic depth (SOLIDER-REID 0.1; ResNet: timm's per-block rate, "
+                                     "BoT/TAO 0)", ge=0, lt=1)
+    last_stride: int = opt(1, "ResNet only: stride of layer4 (BoT/TAO 1: a 16x8 map at 256x128; 2: the "
+                              "ImageNet network); a Swin takes 1", ge=1, le=2)
     reduction_dim: int = opt(0, "bias-free Linear to this size before the BNNeck (TAO: 256); 0 = none",
                              ge=0)
     neck_feat: Literal["before", "after"] = opt("before", "test feature: before the BNNeck (SOLIDER-REID) "
@@ -53,6 +62,11 @@ class ModelConfig:
                 "num_heads": tuple(self.num_heads), "window_size": self.window_size}
 
     def validate(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model.arch={self.arch!r}: expected one of {', '.join(ARCHS)}")
+        if self.last_stride != 1 and not is_resnet(self.arch):
+            raise ConfigError(f"model.last_stride={self.last_stride} applies to ResNet archs only; "
+                              f"{self.arch} takes 1")
         if self.arch == "custom" and len(self.depths) != len(self.num_heads):
             raise ConfigError(f"model.depths {self.depths} and model.num_heads {self.num_heads} "
                               "must have the same length")

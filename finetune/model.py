@@ -11,11 +11,13 @@ optionally L2-normalised. Export and evaluation both call ``embed``.
 
 The backbone contract is all the neck needs: a module mapping (B, 3, H, W) images to (B, C)
 features, with a ``num_features`` attribute (an int, or a per-stage list whose last entry is C, as
-our Swin has). A ResNet from timm (``num_classes=0``) fits as it is.
+our Swin has). :func:`build_backbone` gives the SOLIDER Swin or, for ``resnet18 ... resnet152``, a
+timm ResNet with last stride 1 (:mod:`finetune.resnet`).
 
-State-dict keys: ``backbone.<swin keys>``, ``reduction.weight``, ``bnneck.{weight, bias,
-running_mean, running_var, num_batches_tracked}``, ``classifier.weight``, so
-``solider.checkpoint.load_backbone_weights`` reads fine-tuned checkpoints too.
+State-dict keys: ``backbone.<swin or timm ResNet keys>``, ``reduction.weight``, ``bnneck.{weight,
+bias, running_mean, running_var, num_batches_tracked}``, ``classifier.weight``, so
+``solider.checkpoint.load_backbone_weights`` (Swin) and ``finetune.resnet.load_resnet_weights``
+read fine-tuned checkpoints too.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from typing import Any, NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from finetune.resnet import build_resnet, is_resnet
 from solider.models.swin import build_swin
+from solider.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["ReIDOutput", "ReIDModel", "Embedder", "backbone_dim", "build_backbone", "NECK_FEATS"]
 
@@ -53,20 +59,33 @@ def backbone_dim(backbone: nn.Module) -> int:
 
 def build_backbone(arch: str | Mapping[str, Any], img_size: Sequence[int] = (256, 128),
                    semantic_weight: float = 0.2, drop_path_rate: float = 0.1,
-                   use_checkpoint: bool = False) -> nn.Module:
-    """The fine-tuning backbone: a SOLIDER Swin with λ fixed and its controller frozen.
+                   use_checkpoint: bool = False, last_stride: int = 1) -> nn.Module:
+    """The fine-tuning backbone: a SOLIDER Swin with λ fixed and its controller frozen, or a ResNet.
 
-    As in SOLIDER-REID and TAO, λ is a constructor constant (0.2 for ReID; negative: no
+    Swin: as in SOLIDER-REID and TAO, λ is a constructor constant (0.2 for ReID; negative: no
     controller) and ``semantic_embed_*`` is not trained. ``norm0..norm{n-2}`` are frozen too: the
     pooled feature never reaches them, and frozen they keep DDP free of unused parameters.
 
+    ResNet (``resnet18`` ... ``resnet152``, :func:`finetune.resnet.build_resnet`): timm's, last
+    stride ``last_stride``, average pooled. It has no semantic controller: a λ >= 0 is ignored
+    with a logged note (-1 says "no controller" and is silent); ``img_size`` is not needed.
+
     Args:
-        arch: "swin_tiny" | "swin_small" | "swin_base" or {embed_dim, depths, num_heads, window_size}.
-        img_size: nominal input (H, W).
-        semantic_weight: λ.
-        drop_path_rate: stochastic depth (SOLIDER-REID 0.1).
+        arch: "swin_tiny" | "swin_small" | "swin_base" | {embed_dim, depths, num_heads, window_size}
+            | "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152".
+        img_size: nominal input (H, W) (Swin).
+        semantic_weight: λ (Swin).
+        drop_path_rate: stochastic depth (SOLIDER-REID 0.1; timm's per-block rate for a ResNet).
         use_checkpoint: gradient checkpointing.
+        last_stride: stride of a ResNet's layer4 (BoT 1); a Swin accepts only 1.
     """
+    if is_resnet(arch):
+        if semantic_weight >= 0:
+            logger.info("%s has no semantic controller: model.semantic_weight=%g is ignored (-1 silences "
+                        "this note)", arch, semantic_weight)
+        return build_resnet(arch, last_stride, drop_path_rate, use_checkpoint)
+    if last_stride != 1:
+        raise ValueError(f"last_stride={last_stride} applies to ResNets only; a Swin takes 1")
     backbone = build_swin(arch, img_size=img_size, semantic_weight=semantic_weight,
                           drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)
     unused = tuple(f"norm{i}." for i in range(len(backbone.stages) - 1))
