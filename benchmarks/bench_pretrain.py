@@ -43,12 +43,14 @@ def synthetic_batch(batch: int, size, local_size, n_local: int, device) -> dict:
     kp[..., 0], kp[..., 1], kp[..., 2] = xs, ys, 2.0
     return {"global_crops": torch.randn(batch, 2, 3, h, w, device=device),
             "local_crops": torch.randn(batch, n_local, 3, *local_size, device=device),
-            "global_keypoints": kp.to(device), "has_keypoints": torch.ones(batch, dtype=torch.bool, device=device),
+            "global_keypoints": kp.to(device),
+            "has_keypoints": torch.ones(batch, dtype=torch.bool, device=device),
             "index": torch.arange(batch, device=device)}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--arch", default="custom", help="swin_tiny|swin_small|swin_base|custom (tiny dims)")
     parser.add_argument("--size", type=_size, default=(128, 64))
