@@ -59,3 +59,37 @@ def tiny_run(tiny_market, tmp_path_factory) -> tuple[Path, dict]:
     finally:
         torch.set_num_threads(before)
     return out, result
+
+
+# The ResNet of issue #9 at the same tiny size: timm ResNet-18, last stride 1 (a 4x2 map at 64x32),
+# BNNeck "after" as in BoT; no semantic controller, no drop path.
+RESNET18 = ["model.arch=resnet18", "model.semantic_weight=-1", "model.drop_path_rate=0",
+            "model.neck_feat=after"]
+
+
+@pytest.fixture(scope="session")
+def imagenet_resnet18(tmp_path_factory) -> Path:
+    """A timm ResNet-18 (random weights, 1000-class fc) saved as an ImageNet weights file would be."""
+    import timm
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("imagenet") / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_run(tiny_market, imagenet_resnet18, tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny ResNet-18 fine-tuning from the ImageNet-style file, evaluated before and after 4 epochs."""
+    from finetune.run import main
+
+    out = tmp_path_factory.mktemp("tiny_resnet_run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = tiny_args(tiny_market, out, *RESNET18, "train.epochs=4", "eval.every_epochs=0",
+                         "eval.at_start=true")
+        result = main(["--init", str(imagenet_resnet18), *args])
+    finally:
+        torch.set_num_threads(before)
+    return out, result
