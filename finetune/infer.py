@@ -10,9 +10,10 @@ must lie beside it). The backend follows from the file name. Preprocessing is ev
 to the model's input size with its filter, scale to [0, 1], normalise with its mean / std (from the
 checkpoint's config, or from the JSON); no flip averaging.
 
-``--images``: a folder (searched recursively for .jpg/.jpeg/.png/.bmp, sorted by path), a list file
-(one path per line, relative to the list file's folder or absolute; blank and ``#`` lines skipped)
-or a single image. Paths are written **absolute** (``os.path.abspath``, symlinks kept).
+``--images``: a folder (searched recursively for .jpg/.jpeg/.png/.bmp in any case; each folder's
+files by name, then its sub-folders by name), a list file (one path per line, relative to the list
+file's folder or absolute; blank and ``#`` lines skipped; kept in order) or a single image. Paths are
+written **absolute** (``os.path.abspath``: symlinks are not resolved).
 
 ``--out``: ``FILE.json``: TAO's inference format, ``[{"img_path": str, "embedding": [float, ...]},
 ...]`` (one entry per line); ``FILE.npy``: a float32 (N, D) array plus ``FILE.paths.txt`` (row i is
@@ -171,7 +172,7 @@ def open_model(path: str | os.PathLike, device: str = "auto",
 
 
 def list_inputs(source: str | os.PathLike) -> list[str]:
-    """Absolute paths of a folder tree (sorted), a list file (in order) or a single image."""
+    """Absolute paths of a folder tree (walk order), a list file (in order) or a single image."""
     path = Path(source)
     paths = [str(path)] if path.is_file() and is_image_file(path) else list_images(path)[1]
     return [os.path.abspath(p) for p in paths]
