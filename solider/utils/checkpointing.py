@@ -2,8 +2,8 @@
 
 A checkpoint is a dict of tensors and plain values (see DESIGN.md, "Run outputs"). Files are
 written through :func:`solider.checkpoint.atomic_save` (temp file + rename), so a crash during a
-save leaves the previous files intact; ``resume=auto`` picks the newest checkpoint that loads and
-says which corrupt ones it passed over.
+save leaves the previous files intact (and the next run removes the temporary file it left);
+``resume=auto`` picks the newest checkpoint that loads and says which corrupt ones it passed over.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from solider.utils.logging import get_logger
 logger = get_logger(__name__)
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+# atomic_save's temporary files: ".<name>.<pid>.<8 hex>.tmp"
+_TEMP_FILE = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 
 
 def _periodic_files(directory: Path) -> list[tuple[int, Path]]:
@@ -41,14 +43,34 @@ def inside(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     return resolved
 
 
+def remove_stale_temp_files(directory: Path) -> list[str]:
+    """Delete the temporary files of saves that were interrupted (a killed process cannot clean up
+    after itself; each such file is as large as a checkpoint). Returns their names."""
+    if not directory.is_dir():
+        return []
+    stale = sorted(p for p in directory.iterdir() if _TEMP_FILE.match(p.name) and p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.warning("removed %d temporary files of interrupted checkpoint saves from %s: %s", len(stale),
+                       directory, [p.name for p in stale[:5]])
+    return [p.name for p in stale]
+
+
 class CheckpointManager:
     """Writes ``<output_dir>/checkpoints/{last.pt, step_XXXXXXXX.pt}`` and keeps the newest ``keep_last``
-    periodic files. Only the main process writes; call :meth:`save` on every process anyway."""
+    periodic files. Only the main process writes; call :meth:`save` on every process anyway.
+
+    On the main process, construction removes the temporary files of saves a crash interrupted
+    (only one run writes into an output folder at a time).
+    """
 
     def __init__(self, output_dir: str | os.PathLike, keep_last: int = 3, is_main_process: bool = True):
         self.directory = inside(Path(output_dir) / "checkpoints", output_dir)
         self.keep_last = keep_last
         self.is_main = is_main_process
+        if is_main_process:
+            remove_stale_temp_files(self.directory)
 
     def save(self, state: dict[str, Any], step: int, periodic: bool = False) -> Path | None:
         """Save ``state`` as last.pt (and as a periodic file when ``periodic``); prune old ones."""

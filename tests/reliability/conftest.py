@@ -1,0 +1,36 @@
+"""Fixtures of the reliability tests: the tiny synthetic Market-format sets both entry points train on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from solider.data.synthetic import generate_market_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs on one intra-op thread, like the subprocesses (see runs.py): tiny models gain
+    nothing from two, and on a shared CPU spin-waiting threads slow them down many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def pretrain_market(tmp_path_factory) -> Path:
+    """8 identities x 2 cameras x 2 images at 64x32 (16 training crops with keypoints: 4 steps an epoch)."""
+    root = tmp_path_factory.mktemp("pretrain_market")
+    generate_market_dataset(root, ids=8, cameras=2, images_per_camera=2, seed=0, size=(64, 32))
+    return root
+
+
+@pytest.fixture(scope="session")
+def finetune_market(tmp_path_factory) -> Path:
+    """16 identities (8 train, 8 test) x 2 cameras x 4 images at 64x32: 8 P x K steps an epoch."""
+    root = tmp_path_factory.mktemp("finetune_market")
+    generate_market_dataset(root, ids=16, cameras=2, images_per_camera=4, seed=0, size=(64, 32))
+    return root
