@@ -46,7 +46,8 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``.
 
     The temporary file is removed if anything fails; the previous file at ``path`` stays intact.
-    Parent folders are created.
+    A failed write (a full disk: ``ENOSPC``) raises ``OSError`` with its errno and ``path`` in the
+    message; torch would report it as "unexpected pos ..." otherwise. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +58,13 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        cause = _write_error(exc)
+        if cause is not None:
+            message = f"cannot save {path}: {cause.strerror or cause} (the previous file is unchanged)"
+            raise (OSError(cause.errno, message) if cause.errno else OSError(message)) from exc
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable (POSIX; best effort)
         fd = os.open(path.parent, os.O_RDONLY)
@@ -70,13 +75,27 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
     return path
 
 
+def _write_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed save: ``exc`` itself, or the one ``torch.save`` turned into a
+    RuntimeError ("[enforce fail at inline_container.cc] unexpected pos ...") on its way out."""
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    for _ in range(3):
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        if exc is None:
+            return None
+    return None
+
+
 def safe_load(path: PathLike, map_location: str | torch.device | None = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True`` (plain data, tensors, ``argparse.Namespace``).
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the file holds another pickled object (named in the message), or it is
-            truncated / corrupt.
+        CheckpointError: the file references a Python class or function (named in the message;
+            nothing of it runs), or it is truncated / corrupt.
     """
     path = Path(path)
     if not path.is_file():
