@@ -104,21 +104,37 @@ def safe_load(path: PathLike, map_location: str | torch.device | None = "cpu") -
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(exc), re.IGNORECASE)
         if found:
             raise CheckpointError(
-                f"refusing to load {path}: it contains a pickled object of type {found.group(1)!r}. Only "
-                "tensors, plain Python values and argparse.Namespace are accepted (weights_only=True); "
-                "re-save the file as plain data (e.g. a dict of state dicts) from a trusted session"
+                f"refusing to load {path}: it references the Python global {found.group(1)!r} (a class or "
+                "function; unpickling it could run code). Only tensors, plain Python values and "
+                "argparse.Namespace are accepted (weights_only=True); re-save the file as plain data "
+                "(e.g. a dict of state dicts) from a trusted session"
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)} "
-                              "(the file is probably truncated or corrupt)") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_unpickling_reason(exc)} (the file is "
+                              "truncated or corrupt, or not plain data that weights_only=True accepts)"
+                              ) from exc
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
         reason = _first_line(exc) or type(exc).__name__
         corrupt = isinstance(exc, EOFError | KeyError) or any(h in reason.lower() for h in _CORRUPT_HINTS)
         hint = " (the file is truncated or corrupt)" if corrupt else ""
         raise CheckpointError(f"cannot read checkpoint {path} ({path.stat().st_size} bytes): "
                               f"{type(exc).__name__}: {reason}{hint}") from exc
+
+
+# Lines of torch's weights_only error that say nothing about the file (its first line even suggests
+# weights_only=False, which this code base never does).
+_TORCH_BOILERPLATE = ("weights only load failed", "please file an issue", "check the documentation")
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """The specific line of torch's weights_only unpickling error."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.lower().startswith(_TORCH_BOILERPLATE):
+            return line
+    return type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
