@@ -35,7 +35,7 @@ from finetune.optim import LRSchedule, build_optimizer, param_groups, set_epoch_
 from finetune.step import LossWeights, metric_values, reid_step
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
-from solider.utils.checkpointing import CheckpointManager, load_resume_state
+from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import seed_everything
@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg.seed + accelerator.process_index, deterministic=cfg.train.deterministic)
     step, history = 0, []
     if resumed is not None:
-        step, history = restore_state(run, resumed[1])
+        with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
+            step, history = restore_state(run, resumed[1])
         logger.info("resumed from %s at step %d", resumed[0], step)
     tracker = RunLogger(accelerator, output_dir, to_dict(cfg))
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)

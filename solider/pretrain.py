@@ -42,7 +42,7 @@ from solider.pretrain_data import (
 )
 from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import cosine_schedule, scale_lr
-from solider.utils.checkpointing import CheckpointManager, load_resume_state
+from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import (
@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
         logger.warning("%s already holds checkpoints; this run starts from scratch and will overwrite "
                        "them (pass resume=auto to continue instead)", checkpoints.directory)
     if resumed is not None:
-        step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
+        with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
+            step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
         logger.info("resumed from %s at step %d", resumed[0], step)
     stop = min(sched["total"], cfg.train.max_steps or sched["total"])
     run = RunLogger(accelerator, output_dir, to_dict(cfg))

@@ -3,17 +3,20 @@
 A checkpoint is a dict of tensors and plain values (see DESIGN.md, "Run outputs"). Files are
 written through :func:`solider.checkpoint.atomic_save` (temp file + rename), so a crash during a
 save leaves the previous files intact (and the next run removes the temporary file it left);
-``resume=auto`` picks the newest checkpoint that loads and says which corrupt ones it passed over.
+``resume=auto`` picks the newest checkpoint that loads and says which corrupt ones it passed over;
+:func:`resume_errors` explains a checkpoint that does not fit the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from solider.checkpoint import atomic_save, safe_load
+from solider.checkpoint import CheckpointError, atomic_save, safe_load
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -113,7 +116,8 @@ def load_resume_state(resume: str | None, output_dir: str | os.PathLike) -> tupl
     """Resolve ``resume`` (None, ``"auto"`` or a path) to ``(path, state)``.
 
     ``auto`` looks in ``<output_dir>/checkpoints``: the newest of last.pt and the periodic files
-    that loads; None when there is nothing to resume (a fresh run). An explicit path must load.
+    that loads; None when there is nothing to resume (a fresh run). An explicit path must load and
+    hold a training state (a dict with ``step``), else :class:`CheckpointError` names it.
     """
     if not resume:
         return None
@@ -121,7 +125,13 @@ def load_resume_state(resume: str | None, output_dir: str | os.PathLike) -> tupl
         path = Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f"resume={resume}: no such checkpoint file")
-        return path, safe_load(path)
+        state = safe_load(path)
+        if not isinstance(state, dict) or "step" not in state:
+            found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"resume={resume}: not a training checkpoint (no 'step' entry; found "
+                                  f"{found}); to start from its weights use init (pretraining) or --init "
+                                  "(fine-tuning)")
+        return path, state
     directory = Path(output_dir) / "checkpoints"
     last = directory / "last.pt"
     best: tuple[Path, dict] | None = None
@@ -139,3 +149,41 @@ def load_resume_state(resume: str | None, output_dir: str | os.PathLike) -> tupl
     if best is None and (last.is_file() or _periodic_files(directory)):
         raise RuntimeError(f"resume=auto: no loadable checkpoint in {directory} (see warnings above)")
     return best
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: Mapping | None, current: Mapping,
+                       ignore: tuple[str, ...] = ("output_dir", "resume")) -> list[str]:
+    """``key: <checkpoint value> in the checkpoint, <value> in this run`` for every differing key."""
+    old, new = _flatten(saved or {}), _flatten(current)
+    keys = [k for k in sorted(set(old) | set(new), key=lambda k: (not k.startswith("model."), k))
+            if k not in ignore and old.get(k) != new.get(k)]  # the model's keys first
+    return [f"{k}: {old.get(k, '(absent)')} in the checkpoint, {new.get(k, '(absent)')} in this run"
+            for k in keys]
+
+
+@contextlib.contextmanager
+def resume_errors(path: str | os.PathLike, saved_config: Mapping | None, config: Mapping) -> Iterator[None]:
+    """Re-raise a failure to restore a resumed state as a :class:`CheckpointError` that names the
+    file, the first lines of the cause and the config keys that differ between the checkpoint and
+    this run (the usual reason: a checkpoint of another model or recipe)."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as exc:
+        lines = [line.strip()[:200] for line in str(exc).splitlines() if line.strip()][:3]
+        diffs = config_differences(saved_config, config)
+        shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
+        raise CheckpointError(
+            f"resume: {path} does not fit this run ({type(exc).__name__}: {' / '.join(lines)}). "
+            + (f"Config differences: {shown}. " if diffs else "")
+            + "A checkpoint of another model cannot be resumed; start from its weights with init / "
+              "--init instead.") from exc
