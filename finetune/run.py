@@ -40,7 +40,13 @@ from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import seed_everything
 from solider.utils.tracking import RunLogger
-from solider.utils.training import check_finite, gather_rng_states, peak_memory_mb, restore_rng_states
+from solider.utils.training import (
+    broadcast_buffers,
+    check_finite,
+    gather_rng_states,
+    peak_memory_mb,
+    restore_rng_states,
+)
 
 logger = get_logger("finetune.run")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
@@ -189,6 +195,7 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     """Evaluate, append to ``history``, log ``eval/*``, rewrite metrics.json, save best.pt on a new best."""
     acc = run.accelerator
     e = cfg.eval
+    broadcast_buffers(acc, run.unwrapped)  # each process's BNNeck statistics drifted with its own batches
     metrics = evaluate_model(Embedder(run.unwrapped), run.query_loader, run.gallery_loader, acc.device,
                              e.metric, e.flip, {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value}
                              if e.rerank else None, e.max_rank, acc.gather if acc.num_processes > 1 else None,

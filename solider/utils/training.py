@@ -4,6 +4,7 @@ the Accelerator itself comes from :func:`solider.utils.distributed.build_acceler
 - :func:`gather_rng_states` / :func:`restore_rng_states`: the global RNG state of every process, for
   checkpoints that resume bit for bit;
 - :func:`check_finite`: stop every process with a clear error when the loss is NaN/inf;
+- :func:`broadcast_buffers`: the main process's buffers (BatchNorm statistics) on every process;
 - :func:`peak_memory_mb`: peak accelerator memory (CUDA) or peak RSS (CPU).
 """
 
@@ -21,7 +22,7 @@ from solider.utils.seed import capture_rng_state, restore_rng_state
 logger = get_logger(__name__)
 
 __all__ = ["NonFiniteLossError", "gather_rng_states", "restore_rng_states",
-           "check_finite", "peak_memory_mb"]
+           "check_finite", "broadcast_buffers", "peak_memory_mb"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,6 +62,19 @@ def check_finite(accelerator, loss: torch.Tensor, step: int, metrics: Mapping[st
     terms = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
     raise NonFiniteLossError(f"non-finite loss at step {step} ({terms}); the run stops and the last good "
                              f"checkpoint stays in place. {advice}")
+
+
+def broadcast_buffers(accelerator, module: torch.nn.Module) -> None:
+    """Copy the main process's buffers (BatchNorm running statistics, ...) to every process.
+
+    DDP broadcasts them only at the start of a training forward; each process then updates them with
+    its own batch. Before an evaluation every process must use the same statistics, the main
+    process's, which are also the ones its checkpoints hold. Call on every process.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
 
 
 def peak_memory_mb(device: torch.device) -> float:
