@@ -2,7 +2,7 @@
 
     python finetune/infer.py --model runs/x/checkpoints/best.pt --images crops/ --out embeddings.json
     python finetune/infer.py --model model.onnx --images list.txt --out embeddings.npy [--batch-size 64]
-        [--no-normalize] [--device auto|cpu|cuda|cuda:N] [--num-workers N]
+        [--no-normalize] [--device auto|cpu|cuda|cuda:N] [--threads N] [--num-workers N]
 
 ``--model``: a fine-tuned checkpoint (``best.pt`` / ``last.pt`` of ``finetune/run.py``, run with
 PyTorch) or an ``.onnx`` file of ``finetune/export.py`` (run with onnxruntime; its ``<stem>.json``
@@ -130,13 +130,15 @@ class OnnxEmbedder:
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto"):
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int = 0):
         import onnxruntime as ort
 
         path = Path(path)
         meta = _read_onnx_meta(path)
         providers = _onnx_providers(device, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input = self.session.get_inputs()[0]
         self.input_dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32
         self.normalized, self.feature_dim = bool(meta["normalized"]), int(meta["feature_dim"])
@@ -152,9 +154,12 @@ class OnnxEmbedder:
         return np.asarray(out, dtype=np.float32)
 
 
-def open_model(path: str | os.PathLike, device: str = "auto",
-               normalize: bool = True) -> TorchEmbedder | OnnxEmbedder:
+def open_model(path: str | os.PathLike, device: str = "auto", normalize: bool = True,
+               threads: int = 0) -> TorchEmbedder | OnnxEmbedder:
     """The embedder for a checkpoint or an ``.onnx`` file (by suffix).
+
+    ``threads`` > 0 sets onnxruntime's intra-op threads (PyTorch's are set by the caller,
+    ``torch.set_num_threads``); 0 keeps the libraries' defaults.
 
     Raises:
         ValueError: ``normalize=False`` with an ONNX graph that normalises inside.
@@ -162,7 +167,7 @@ def open_model(path: str | os.PathLike, device: str = "auto",
     if not Path(path).is_file():
         raise FileNotFoundError(f"--model {path}: no such file")
     if str(path).endswith(".onnx"):
-        embedder = OnnxEmbedder(path, device)
+        embedder = OnnxEmbedder(path, device, threads)
         if embedder.normalized and not normalize:
             raise ValueError(f"{path} L2-normalises inside the graph (normalized: true in its JSON), so "
                              "--no-normalize cannot give the raw feature: run the checkpoint instead, or "
@@ -323,15 +328,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
                         help="L2-normalise the embeddings (default: yes)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of the model (PyTorch and onnxruntime); 0: the libraries' "
+                             "default. On a busy CPU 1 can be several times faster (docs/INFERENCE.md)")
     parser.add_argument("--num-workers", type=int, default=_default_workers(),
                         help="image decoding processes (default: min(4, CPUs); 0: in the main process)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.num_workers < 0:
-        parser.error("--batch-size must be >= 1 and --num-workers >= 0")
+    if args.batch_size < 1 or args.num_workers < 0 or args.threads < 0:
+        parser.error("--batch-size must be >= 1, --num-workers and --threads >= 0")
     if Path(args.out).suffix not in (".json", ".npy"):
         parser.error(f"--out {args.out}: expected a file name ending in .json or .npy")
     setup_logging()
-    embedder = open_model(args.model, args.device, args.normalize)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    embedder = open_model(args.model, args.device, args.normalize, args.threads)
     paths = list_inputs(args.images)
     logger.info("%d images from %s; model: %s", len(paths), args.images, embedder.description)
     result = embed_images(embedder, paths, args.batch_size, args.normalize, args.num_workers)

@@ -108,7 +108,7 @@ def test_folder_with_unreadable_images(tiny_resnet_run, crops, tmp_path, caplog,
 
 def test_torch_and_onnx_write_the_same_embeddings(model_files, crops, tmp_path):
     ckpt, onnx = model_files
-    args = ["--images", str(crops), "--num-workers", "0", "--batch-size", "3"]
+    args = ["--images", str(crops), "--num-workers", "0", "--batch-size", "3", "--threads", "1"]
     torch_result = main(["--model", str(ckpt), "--out", str(tmp_path / "t.json"), *args])
     onnx_result = main(["--model", str(onnx), "--out", str(tmp_path / "o.json"), *args])
     assert (torch_result["backend"], onnx_result["backend"]) == ("torch", "onnxruntime")
