@@ -3,6 +3,8 @@ JSON, and the weights as safetensors.
 
     python finetune/export.py --checkpoint runs/finetune/checkpoints/best.pt --out model.onnx [--fp16]
 
+Swin and ResNet checkpoints alike (the model is rebuilt from the checkpoint alone).
+
 Writes, next to each other (``<stem>`` from ``--out``):
 
 - ``<stem>.onnx``: input ``input`` (N, 3, H, W) float32, output ``embedding`` (N, D) float32, the
@@ -10,7 +12,8 @@ Writes, next to each other (``<stem>`` from ``--out``):
   L2-normalised when the config says so); dynamic batch. ``--fp16`` computes in float16 inside
   the graph (input and output stay float32).
 - ``<stem>.json``: the preprocessing (image size, resize filter, 1/255 scale, mean, std, RGB, NCHW),
-  the feature size, whether it is normalised, the test feature, λ and the distance to use.
+  the feature size, whether it is normalised, the test feature, λ (null for a ResNet), the
+  architecture and the distance to use; ``finetune/infer.py`` reads it to run the ONNX file.
 - ``<stem>.safetensors``: the inference model's state dict (no classifier), with the JSON in the
   file's metadata under ``"preprocessing"``.
 
