@@ -190,3 +190,12 @@ def test_json_writer_keeps_odd_paths_exact(tmp_path):
     assert got_paths == paths and np.array_equal(got, feats)
     with pytest.raises(ValueError, match="line break"):
         write_embeddings(tmp_path / "e.npy", ["a\nb.jpg"], feats[:1])
+
+
+def test_real_market_crops(tiny_resnet_run, market_samples, tmp_path):
+    ckpt = tiny_resnet_run[0] / "checkpoints" / "best.pt"
+    result = main(["--model", str(ckpt), "--images", str(market_samples), "--out", str(tmp_path / "m.json"),
+                   "--num-workers", "0", "--threads", "1"])
+    paths, feats = read_embeddings(tmp_path / "m.json")
+    assert result["skipped"] == [] and len(paths) == len(list(market_samples.rglob("*.jpg"))) > 10
+    np.testing.assert_allclose(feats, _evaluation_features(ckpt, paths), atol=1e-5, rtol=0)
