@@ -17,9 +17,13 @@ OUTPUT_DIR=${OUTPUT_DIR:-runs/pretrain_swin_tiny}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_PORT=${MASTER_PORT:-29500}
 
-srun --kill-on-bad-exit=1 bash -c "accelerate launch \
+# The inner shell receives the values as arguments ("$@"), never spliced into its command string,
+# so overrides with spaces or shell characters reach pretrain.py verbatim; SLURM_NODEID differs per
+# node, so the inner shell reads it. exec: srun's signals (pre-emption) reach accelerate directly.
+srun --kill-on-bad-exit=1 bash -c 'exec accelerate launch \
     --config_file launch/accelerate/multi_node_2x8.yaml \
-    --num_machines $SLURM_NNODES --num_processes $((SLURM_NNODES * 8)) \
-    --machine_rank \$SLURM_NODEID \
-    --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT \
-    solider/pretrain.py --config $CONFIG output_dir=$OUTPUT_DIR resume=auto $*"
+    --num_machines "$SLURM_NNODES" --num_processes "$((SLURM_NNODES * 8))" \
+    --machine_rank "$SLURM_NODEID" \
+    --main_process_ip "$1" --main_process_port "$2" \
+    solider/pretrain.py --config "$3" "output_dir=$4" resume=auto "${@:5}"' \
+    bash "$MASTER_ADDR" "$MASTER_PORT" "$CONFIG" "$OUTPUT_DIR" "$@"
