@@ -14,7 +14,8 @@ set -euo pipefail
 
 CONFIG=${CONFIG:-configs/pretrain/swin_tiny.yaml}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/pretrain_swin_tiny}
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads all of it: head would exit early, and a SIGPIPE to scontrol fails the job under pipefail
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 MASTER_PORT=${MASTER_PORT:-29500}
 
 # The inner shell receives the values as arguments ("$@"), never spliced into its command string,
