@@ -1,4 +1,5 @@
-"""Fixtures of the reliability tests: the tiny synthetic Market-format sets both entry points train on."""
+"""Fixtures of the reliability tests: the tiny synthetic Market-format sets both entry points train on,
+and the uninterrupted reference runs (subprocesses) that the killed runs must reproduce."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from solider.data.synthetic import generate_market_dataset
+from tests.reliability.runs import FINETUNE, PRETRAIN, Background, finetune_args, pretrain_args
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +36,24 @@ def finetune_market(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("finetune_market")
     generate_market_dataset(root, ids=16, cameras=2, images_per_camera=4, seed=0, size=(64, 32))
     return root
+
+
+@pytest.fixture(scope="session")
+def pretrain_reference(pretrain_market, tmp_path_factory):
+    """The uninterrupted pretraining run the killed ones must equal (a subprocess, started in the
+    background at first use, in a sandbox: its own empty working directory, HOME and TMPDIR)."""
+    base = tmp_path_factory.mktemp("pretrain_reference")
+    run = Background("pretrain", pretrain_args(pretrain_market, base / "run", *PRETRAIN), base / "run",
+                     sandbox=base / "sandbox")
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def finetune_reference(finetune_market, tmp_path_factory):
+    """As ``pretrain_reference``, for fine-tuning."""
+    base = tmp_path_factory.mktemp("finetune_reference")
+    run = Background("finetune", finetune_args(finetune_market, base / "run", *FINETUNE), base / "run",
+                     sandbox=base / "sandbox")
+    yield run
+    run.stop()

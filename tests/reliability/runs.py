@@ -31,6 +31,18 @@ FAULTS = Path(__file__).resolve().parent / "faults"  # sitecustomize.py: test-on
 ENTRY = {"pretrain": ROOT / "solider" / "pretrain.py", "finetune": ROOT / "finetune" / "run.py"}
 TEMP_SUFFIX = ".tmp"  # solider.checkpoint.atomic_save writes ".<name>.<pid>.<hex>.tmp" first
 
+# The runs that get killed, and their uninterrupted references (conftest.py).
+# Pretraining: 16 crops, 4 per step -> 4 steps an epoch, 12 steps. Periodic checkpoints at 3, 6, 9, 12
+# (mid-epoch), last.pt also at the epoch ends 4, 8, 12: a resume starts mid-epoch or at an epoch end.
+PRETRAIN = ("train.epochs=3", "checkpoint.every_steps=3")
+PRETRAIN_STEPS = 12
+# Fine-tuning: 8 steps an epoch, 48 steps; checkpoints every 5 steps and at epoch ends, evaluation
+# (metrics.json, best.pt) every 2 epochs. The state covers Adam, center loss and its SGD, random
+# erasing and drop path (the global RNG).
+FINETUNE = ("train.epochs=6", "checkpoint.every_steps=5", "eval.every_epochs=2", "optim.name=adam",
+            "loss.center_weight=0.0005", "augment.erasing_p=0.5", "model.drop_path_rate=0.1")
+FINETUNE_STEPS = 48
+
 
 def pretrain_args(root: Path, out: Path, *extra: str) -> list[str]:
     """Tiny pretraining (2-stage Swin at 64x32, 4 images a step, semantic part on) logging every step."""
@@ -50,23 +62,56 @@ def reliability_rng(request_name: str) -> tuple[random.Random, int]:
     return random.Random(seed), seed
 
 
-def subprocess_env(kill_at_save: int | None = None) -> dict[str, str]:
-    """The environment of an entry-point subprocess; ``kill_at_save=N`` arms the fault injection."""
+def subprocess_env(kill_at_save: int | None = None, sandbox: Path | None = None) -> dict[str, str]:
+    """The environment of an entry-point subprocess; ``kill_at_save=N`` arms the fault injection;
+    ``sandbox`` gives it fresh, empty HOME and TMPDIR folders there (to see what it writes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     env.pop("SOLIDER_TEST_KILL_AT_SAVE", None)
+    if sandbox is not None:
+        for name in ("HOME", "TMPDIR"):
+            (sandbox / name.lower()).mkdir(parents=True, exist_ok=True)
+            env[name] = str(sandbox / name.lower())
+        for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "HF_HOME", "TORCH_HOME"):
+            env.pop(name, None)  # they would point elsewhere than the sandbox's HOME
     if kill_at_save is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAULTS), env.get("PYTHONPATH")]))
         env["SOLIDER_TEST_KILL_AT_SAVE"] = str(kill_at_save)
     return env
 
 
-def start(entry: str, args: list[str], out: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(entry: str, args: list[str], out: Path, env: dict[str, str] | None = None,
+          cwd: Path = ROOT) -> subprocess.Popen:
     """Start ``python <entry script> args`` in the background; output goes to ``<out>.log``."""
     log = log_path(out)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
-        return subprocess.Popen([sys.executable, str(ENTRY[entry]), *args], cwd=ROOT,
+        return subprocess.Popen([sys.executable, str(ENTRY[entry]), *args], cwd=cwd,
                                 env=env or subprocess_env(), stdout=handle, stderr=subprocess.STDOUT)
+
+
+class Background:
+    """An entry-point run in the background; :meth:`result` waits for it and returns its folder.
+
+    With ``sandbox``, the run's working directory, HOME and TMPDIR are fresh empty folders in
+    ``sandbox`` (``cwd``, ``home``, ``tmpdir``), so a test can check it wrote nothing there.
+    """
+
+    def __init__(self, entry: str, args: list[str], out: Path, sandbox: Path | None = None):
+        self.out, self.sandbox = out, sandbox
+        cwd = ROOT
+        if sandbox is not None:
+            cwd = sandbox / "cwd"
+            cwd.mkdir(parents=True, exist_ok=True)
+        self.proc = start(entry, args, out, subprocess_env(sandbox=sandbox), cwd=cwd)
+
+    def result(self) -> Path:
+        finish(self.proc, self.out)
+        return self.out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def log_path(out: Path) -> Path:

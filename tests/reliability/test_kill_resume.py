@@ -4,8 +4,8 @@ optimizer, DINO centre / ReID centres, RNG streams, evaluation history, step) mu
 to an uninterrupted run's.
 
 The kill moments are random (seeded; the seed is printed and ``RELIABILITY_SEED=<n>`` replays
-it). The uninterrupted reference runs are started in the background by module fixtures so that
-they overlap the runs under test on a 2-core machine.
+it). The uninterrupted reference runs (``pretrain_reference``, ``finetune_reference`` in
+conftest.py) are started in the background so that they overlap the runs under test.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ import pytest
 from solider.checkpoint import safe_load
 from tests.reliability.runs import (
     FAULTS,
+    FINETUNE,
+    FINETUNE_STEPS,
+    PRETRAIN,
+    PRETRAIN_STEPS,
     assert_same_run,
     finetune_args,
-    finish,
     kill_at_random_moment,
     log_tail,
     newest_loadable,
@@ -34,49 +37,6 @@ from tests.reliability.runs import (
     subprocess_env,
     temp_files,
 )
-
-# Pretraining: 16 crops, 4 per step -> 4 steps an epoch, 12 steps. Periodic checkpoints at 3, 6, 9, 12
-# (mid-epoch), last.pt also at the epoch ends 4, 8, 12: a resume starts mid-epoch or at an epoch end.
-PRETRAIN = ("train.epochs=3", "checkpoint.every_steps=3")
-PRETRAIN_STEPS = 12
-# Fine-tuning: 8 steps an epoch, 48 steps; checkpoints every 5 steps and at epoch ends, evaluation
-# (metrics.json, best.pt) every 2 epochs. The state covers Adam, center loss and its SGD, random
-# erasing and drop path (the global RNG).
-FINETUNE = ("train.epochs=6", "checkpoint.every_steps=5", "eval.every_epochs=2", "optim.name=adam",
-            "loss.center_weight=0.0005", "augment.erasing_p=0.5", "model.drop_path_rate=0.1")
-FINETUNE_STEPS = 48
-
-
-class Background:
-    """An entry-point run in the background; :meth:`result` waits for it and returns its folder."""
-
-    def __init__(self, entry: str, args: list[str], out: Path):
-        self.out, self.proc = out, start(entry, args, out)
-
-    def result(self) -> Path:
-        finish(self.proc, self.out)
-        return self.out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def pretrain_reference(pretrain_market, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain_reference") / "run"
-    background = Background("pretrain", pretrain_args(pretrain_market, out, *PRETRAIN), out)
-    yield background
-    background.stop()
-
-
-@pytest.fixture(scope="module")
-def finetune_reference(finetune_market, tmp_path_factory):
-    out = tmp_path_factory.mktemp("finetune_reference") / "run"
-    background = Background("finetune", finetune_args(finetune_market, out, *FINETUNE), out)
-    yield background
-    background.stop()
 
 
 def resume_and_check(entry: str, args: list[str], out: Path) -> tuple[str, int]:
