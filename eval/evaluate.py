@@ -158,16 +158,19 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
         if cfg.model.arch is not None:
             raise SystemExit(f"{path} is a fine-tuned checkpoint: its architecture is fixed, drop model.arch")
         reid, ft, _ = load_finetuned(path)
+        weight = getattr(reid.backbone, "semantic_weight", None)  # None: no controller (ResNet)
         if cfg.model.semantic_weight is not None:
+            if weight is None:
+                raise SystemExit(f"model.semantic_weight: {ft.model.arch} has no semantic controller")
             if cfg.model.semantic_weight < 0:
                 raise SystemExit("model.semantic_weight < 0: a fine-tuned model keeps its controller")
-            reid.backbone.semantic_weight = float(cfg.model.semantic_weight)
+            reid.backbone.semantic_weight = weight = float(cfg.model.semantic_weight)
         img_size = tuple(_pick(cfg.model.img_size, ft.model.img_size))
         settings = {"img_size": img_size, "mean": tuple(_pick(cfg.data.mean, ft.augment.mean)),
                     "std": tuple(_pick(cfg.data.std, ft.augment.std)),
                     "description": f"{path} (fine-tuned {ft.model.arch}, {reid.feat_dim}-d feature "
-                                   f"{ft.model.neck_feat} the BNNeck, {img_size[0]}x{img_size[1]}, lambda "
-                                   f"{reid.backbone.semantic_weight})"}
+                                   f"{ft.model.neck_feat} the BNNeck, {img_size[0]}x{img_size[1]}"
+                                   + (f", lambda {weight})" if weight is not None else ")")}
         return Embedder(reid).eval(), settings
     ck = (obj.get("config") or {}) if isinstance(obj, dict) else {}
     ck_model, ck_data = ck.get("model") or {}, {**(ck.get("augment") or {}), **(ck.get("data") or {})}

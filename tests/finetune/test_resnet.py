@@ -191,10 +191,6 @@ def test_bot_resnet50_config_is_the_bot_recipe_on_a_resnet():
     assert demo.model.arch == "resnet18" and demo.data.root is None
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="eval/evaluate.py reads reid.backbone.semantic_weight, which a ResNet does not "
-                          "have; the lead applies the fix given in the resnet-infer report, then this marker "
-                          "goes")
 def test_evaluate_command_reads_a_resnet_checkpoint(tiny_resnet_run, tiny_market, tmp_path):
     from eval.evaluate import main as evaluate
 
