@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -13,12 +14,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
     ``deterministic=True`` also asks torch for deterministic kernels. CPU runs are repeatable bit for
     bit either way; on CUDA some kernels (atomics in backward passes, SDPA variants) stay
-    non-deterministic unless ``deterministic`` is set, and then may be slower or raise.
+    non-deterministic unless ``deterministic`` is set, and then may be slower; a kernel without a
+    deterministic variant only warns (``warn_only``). cuBLAS is deterministic only with a fixed
+    workspace: ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` is set unless given, which takes effect when this
+    runs before the process's first CUDA matmul (the entry points call it first thing).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         if torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = False
