@@ -71,6 +71,10 @@ def _open(path: str | Path, data: bytes | None = None) -> Image.Image:
                                      f"({2 * Image.MAX_IMAGE_PIXELS} pixels): {exc}") from None
     except FileNotFoundError:
         raise ImageDecodeError(path, "file not found") from None
+    except Image.UnidentifiedImageError:  # its message names a BytesIO object: useless to a user
+        reason = "empty file (0 bytes)" if _is_empty(path, data) else \
+            "not an image in a format PIL reads (JPEG, PNG, BMP, ...)"
+        raise ImageDecodeError(path, reason) from None
     except Exception as exc:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError...)
         reason = "empty file (0 bytes)" if _is_empty(path, data) else f"{type(exc).__name__}: {exc}"
         raise ImageDecodeError(path, reason) from None
@@ -169,8 +173,10 @@ def load_image_tensor(path: str | Path, max_side: int | None = DEFAULT_MAX_SIDE)
     """
     try:
         data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(path, "file not found") from None
     except OSError as exc:
-        raise ImageDecodeError(path, f"{type(exc).__name__}: {exc}") from None
+        raise ImageDecodeError(path, f"{type(exc).__name__}: {exc.strerror or exc}") from None
     img = _open(path, data)
     size = img.size
     fits = max_side is None or max(size) <= max_side

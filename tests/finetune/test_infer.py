@@ -129,7 +129,7 @@ def test_npy_round_trip_and_list_file(tiny_resnet_run, crops, tmp_path):
     result = main(["--model", str(ckpt), "--images", str(listing), "--out", str(tmp_path / "e.npy"),
                    "--num-workers", "0"])
     ((gone, reason),) = result["skipped"]
-    assert gone == str(tmp_path / "gone.jpg") and "No such file" in reason
+    assert gone == str(tmp_path / "gone.jpg") and reason == "file not found"
     assert result["files"] == [str(tmp_path / "e.npy"), str(tmp_path / "e.paths.txt")]
     paths, feats = read_embeddings(tmp_path / "e.npy")
     assert paths == [str(rel), str(good[3]), str(good[1])]  # list order
