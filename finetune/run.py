@@ -236,7 +236,7 @@ def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, st
 def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker: RunLogger,
           checkpoints: CheckpointManager) -> int:
     """The loop, from ``step`` to the stop; evaluates per ``eval.*`` and at the end. Returns the step."""
-    spe = run.train.steps_per_epoch
+    spe, first = run.train.steps_per_epoch, step
     total = cfg.train.epochs * spe
     stop = min(total, cfg.train.max_steps or total)
     logger.info("%d identities, P x K = %d x %d per process, %d steps per epoch, %d steps (stop at %d); "
@@ -272,8 +272,10 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
         checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # end of an epoch or of the run
         run.accelerator.wait_for_everyone()
     progress.close()
-    if not history or history[-1]["step"] != step:  # e.g. resumed from the final checkpoint
-        evaluate(cfg, run, step, history, tracker, checkpoints)
+    if step == first:  # resumed at the stop, e.g. from a periodic file after a kill inside last.pt's save
+        if not history or history[-1]["step"] != step:
+            evaluate(cfg, run, step, history, tracker, checkpoints)
+        checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # last.pt holds the final state
     return step
 
 

@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
         accelerator.wait_for_everyone()
     progress.close()
+    if resumed is not None and step == int(resumed[1]["step"]):
+        # resumed at the stop (e.g. from a periodic file after a kill inside last.pt's save): make
+        # last.pt hold the final state, as an uninterrupted run leaves it
+        checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
+                                          step, step / spe), step)
     failures = dataset.load_failures
     if failures:
         logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)

@@ -105,6 +105,19 @@ def test_pretrain_killed_inside_a_save_resumes_from_the_previous_checkpoint(
     assert assert_same_run(pretrain_reference.result(), out) > 50
 
 
+def test_pretrain_killed_inside_the_final_save_rewrites_last_pt(pretrain_market, pretrain_reference, tmp_path):
+    # Rename 9 is step_00000012.pt, rename 10 last.pt at the stop: killed before it, last.pt keeps step 9
+    # and the resumed run starts at the stop with nothing to train; it must still leave the final state
+    # in last.pt (it once kept the stale one).
+    out = tmp_path / "run"
+    args = pretrain_args(pretrain_market, out, *PRETRAIN)
+    proc = start("pretrain", args, out, subprocess_env(kill_at_save=10))
+    assert proc.wait(300) == -9, log_tail(out)
+    assert safe_load(out / "checkpoints" / "last.pt")["step"] == 9
+    assert resume_and_check("pretrain", args, out) == ("step_00000012.pt", PRETRAIN_STEPS)
+    assert assert_same_run(pretrain_reference.result(), out) > 50
+
+
 @pytest.mark.slow
 def test_finetune_killed_while_saving_best_resumes_and_rewrites_it(finetune_market, finetune_reference,
                                                                    tmp_path):
