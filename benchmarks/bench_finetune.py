@@ -44,8 +44,10 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def build(args: argparse.Namespace, size: tuple[int, int], device: torch.device):
-    model = ReIDModel(build_backbone(TINY if args.arch == "tiny" else args.arch, size, 0.2, 0.1),
-                      num_classes=args.num_classes).to(device).train()
+    resnet = args.arch.startswith("resnet")  # BoT / TAO: no controller (-1), no drop path
+    backbone = build_backbone(TINY if args.arch == "tiny" else args.arch, size, -1.0 if resnet else 0.2,
+                              0.0 if resnet else 0.1)
+    model = ReIDModel(backbone, num_classes=args.num_classes).to(device).train()
     if args.compile:
         model.backbone.compile()
     optimizer = build_optimizer(param_groups(model, 1e-4, 1e-4, 2.0), "sgd", 8e-4, 0.9)
@@ -94,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--arch", default=None, help="swin_tiny | swin_small | swin_base | tiny (default: "
-                                                     "swin_tiny on CUDA, the demo's tiny Swin on CPU)")
+    parser.add_argument("--arch", default=None,
+                        help="swin_tiny | swin_small | swin_base | tiny | resnet18 ... resnet152 (default: "
+                             "swin_tiny on CUDA, the demo's tiny Swin on CPU)")
     parser.add_argument("--sizes", type=parse_sizes, default=None, help="HxW list (default: 256x128,384x128 "
                                                                          "on CUDA, 128x64,192x64 on CPU)")
     parser.add_argument("--batch", type=int, default=None, help="P x K images (default 64 CUDA / 16 CPU)")
