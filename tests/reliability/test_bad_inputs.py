@@ -278,6 +278,29 @@ def test_bad_dataset_layouts_stop_finetuning_naming_the_folder(what, finetune_ma
         finetune_main(finetune_args(root, tmp_path / "run", "train.max_steps=1"))
 
 
+@pytest.mark.parametrize("what, message", [
+    pytest.param("missing root", r"data.root=.*nowhere: no such folder or list file", id="missing root"),
+    pytest.param("missing split folder", r"image source .*bounding_box_train is neither a folder nor a list "
+                 "file", id="missing split folder"),
+    pytest.param("empty split", r"no images \(.jpg/.jpeg/.png/.bmp, any case\) found in .*bounding_box_train",
+                 id="empty split"),
+])
+def test_bad_dataset_layouts_stop_pretraining_naming_the_folder(what, message, pretrain_market, tmp_path):
+    # Pretraining indexes a Market root's bounding_box_train as unlabeled crops (other code than
+    # fine-tuning's Market reader): a missing or empty training folder must stop it just as clearly.
+    root = tmp_path / "market"
+    shutil.copytree(pretrain_market, root)
+    train = root / "bounding_box_train"
+    if what == "missing split folder":
+        shutil.rmtree(train)
+    elif what == "empty split":
+        for p in train.iterdir():
+            p.unlink()
+    data = tmp_path / "nowhere" if what == "missing root" else root
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        pretrain_main(pretrain_args(data, tmp_path / "run", "train.max_steps=1"))
+
+
 def test_query_identities_missing_from_the_gallery_are_counted_and_the_run_goes_on(finetune_market, tmp_path,
                                                                                     caplog):
     root = tmp_path / "market"
