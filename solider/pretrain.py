@@ -52,14 +52,11 @@ from solider.utils.seed import (
     seed_everything,
 )
 from solider.utils.tracking import RunLogger
+from solider.utils.training import check_finite
 from solider.utils.visualize import part_overlay_grid
 
 logger = get_logger("solider.pretrain")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo.yaml"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops before the broken state is saved."""
 
 
 def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
@@ -281,13 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
             set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
             with accelerator.autocast():
                 result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed)
-            finite = accelerator.reduce(torch.isfinite(result.loss.detach()).float().reshape(1), "min")
-            if finite.item() < 1:
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step} (" + ", ".join(
-                        f"{k}={float(v):.4g}" for k, v in result.metrics.items()) + "); the run stops and "
-                    f"the last good checkpoint stays in {checkpoints.directory}. Try a lower optim.lr, "
-                    "train.mixed_precision=bf16/no, or dino.teacher_temp <= 0.04.")
+            check_finite(accelerator, result.loss, step, result.metrics,
+                         f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, "
+                         "train.mixed_precision=bf16/no, or dino.teacher_temp <= 0.04.")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(result.loss)
             if cfg.optim.clip_grad > 0:

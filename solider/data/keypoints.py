@@ -100,6 +100,13 @@ class KeypointTable:
     image_sizes: dict[str, tuple[int, int]]  # key -> (width, height), where the file says
 
 
+def _warn_nonfinite(path: str | Path, entries: list[str], show: int = 5) -> None:
+    if entries:
+        more = f" (and {len(entries) - show} more)" if len(entries) > show else ""
+        logger.warning("%d keypoint entries in %s have NaN/inf joints, read as missing joints: %s%s",
+                       len(entries), path, ", ".join(entries[:show]), more)
+
+
 def read_keypoints(path: str | Path) -> KeypointTable:
     """Read a keypoint file by extension: ``.json`` COCO, ``.csv`` OpenPose-18, ``.jsonl`` JSONL lines."""
     suffix = Path(path).suffix.lower()
@@ -120,7 +127,7 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
     entries: dict[str, np.ndarray] = {}
     sizes: dict[str, tuple[int, int]] = {}
     labelled: dict[str, int] = {}
-    bad, unknown, multi = [], [], 0
+    bad, unknown, nonfinite, multi = [], [], [], 0
     for ann in data["annotations"]:
         img = images.get(ann.get("image_id"))
         flat = ann.get("keypoints")
@@ -132,7 +139,10 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
             continue
         key = img["file_name"]
         size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else None
-        kpts = sanitize(np.asarray(flat, dtype=np.float64).reshape(NUM_JOINTS, 3), size)
+        raw = np.asarray(flat, dtype=np.float64).reshape(NUM_JOINTS, 3)
+        if not np.isfinite(raw).all():
+            nonfinite.append(key)
+        kpts = sanitize(raw, size)
         count = int((kpts[:, 2] > 0).sum())
         if key in entries:
             multi += 1
@@ -143,6 +153,7 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
             sizes[key] = size
     log_skipped(logger, f"COCO annotations in {path} with a wrong keypoint count (need 51 numbers)", bad)
     log_skipped(logger, f"COCO annotations in {path} whose image_id is not in 'images'", unknown)
+    _warn_nonfinite(path, nonfinite)
     if multi:
         logger.info("%s: %d extra person annotations on already-seen images; kept the one with most "
                     "labelled joints per image", path, multi)
@@ -190,7 +201,7 @@ def read_keypoints_jsonl(path: str | Path) -> KeypointTable:
     """JSONL lines ``{"image", "format", "keypoints"}`` (format defaults to coco17)."""
     entries: dict[str, np.ndarray] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    bad = []
+    bad, nonfinite = [], []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -202,11 +213,14 @@ def read_keypoints_jsonl(path: str | Path) -> KeypointTable:
             except (ValueError, KeyError, TypeError) as exc:
                 bad.append(f"line {lineno} ({type(exc).__name__}: {exc})")
                 continue
+            if not np.isfinite(np.asarray(rec["keypoints"], dtype=np.float64)).all():
+                nonfinite.append(f"line {lineno} ({key})")
             if "width" in rec and "height" in rec:
                 sizes[key] = (int(rec["width"]), int(rec["height"]))
                 kpts = sanitize(kpts, sizes[key])
             entries[key] = kpts
     log_skipped(logger, f"lines of {path} without valid keypoints", bad)
+    _warn_nonfinite(path, nonfinite)
     return KeypointTable(str(path), entries, sizes)
 
 
@@ -233,7 +247,8 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
     """Keypoints for each image: by path relative to ``root``, else by (canonical) basename.
 
     A basename fallback is used only when that basename is unique in the file. Entries that match no
-    image are logged with a count; images without keypoints get None (allowed).
+    image are logged with a count; images without keypoints get None (allowed). Labelled joints that
+    are NaN/inf or outside the image become missing ones (:func:`sanitize`), logged with a count.
 
     Args:
         image_paths: the dataset's image files.
@@ -253,6 +268,8 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
     out: list[np.ndarray | None] = []
     used: set[str] = set()
     tried: list[str] = []
+    bad_joints: list[str] = []  # labelled joints that sanitising turned into missing ones, per image
+    lost_joints = 0
     for i, path in enumerate(image_paths):
         rel = None
         if root_str is not None:  # plain prefix cut when possible: relpath is slow for millions of files
@@ -269,8 +286,13 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
             continue
         used.add(key)
         size = image_sizes[i] if image_sizes is not None else None
-        size = size or table.image_sizes.get(key)
-        out.append(sanitize(table.entries[key], size) if size is not None else table.entries[key])
+        raw = table.entries[key]
+        clean = sanitize(raw, size or table.image_sizes.get(key))
+        lost = int((raw[:, 2] > 0).sum() - (clean[:, 2] > 0).sum())
+        if lost:
+            bad_joints.append(f"{key} ({lost} joints)")
+            lost_joints += lost
+        out.append(clean)
     if table.entries and not used:
         raise ValueError(f"none of the {len(table.entries)} keypoint entries in {table.source} matches any "
                          f"of the {len(image_paths)} images; tried keys {tried} (path relative to "
@@ -278,6 +300,8 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
                          f"then basename); the file has keys like {list(table.entries)[:3]}")
     unused = [k for k in table.entries if k not in used]
     log_skipped(logger, f"keypoint entries of {table.source} that match no dataset image", unused)
+    log_skipped(logger, f"labelled joints in {table.source} that are off the image (now missing)",
+                bad_joints, total=lost_joints)
     matched = len(image_paths) - sum(k is None for k in out)
     logger.info("keypoints from %s for %d of %d images", table.source, matched, len(image_paths))
     return out

@@ -95,6 +95,7 @@ def launch_two_processes(args: list[str], out) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.mark.dist
 def test_finetune_two_processes_equal_one_process_over_the_same_global_batches(odd_market, tmp_path):
     out = tmp_path / "two"
     args = finetune_args(odd_market, out, *RECIPE)

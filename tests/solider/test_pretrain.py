@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from solider.checkpoint import export_official, load_backbone_weights, safe_load
 from solider.data.synthetic import generate_market_dataset
 from solider.models.swin import build_swin
-from solider.pretrain import NonFiniteLossError, main
+from solider.pretrain import main
+from solider.utils.training import NonFiniteLossError
 
 TINY = {"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7}
 

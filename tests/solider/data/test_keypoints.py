@@ -145,3 +145,22 @@ def test_market_openpose_csv(market_samples, caplog):
     assert len(images) == 55 and sum(k is not None for k in got) == 20
     assert all(k.shape == (17, 3) and k.dtype == np.float32 for k in got if k is not None)
     assert "keypoints from" in caplog.text and "for 20 of 55 images" in caplog.text
+
+
+def test_nan_and_off_image_joints_become_missing_with_counts(tmp_path, caplog):
+    kpts = _indexed(17)
+    kpts[3, 0] = np.nan  # NaN
+    kpts[5, 1] = 900.0  # below a 64 x 200 image
+    kpts[7, 2] = 0.0  # not labelled: not counted
+    path = tmp_path / "kp.jsonl"
+    path.write_text(json.dumps({"image": "a/1.jpg", "keypoints": kpts.tolist()}) + "\n"
+                    + json.dumps({"image": "a/2.jpg", "keypoints": _indexed(17).tolist()}))
+    with caplog.at_level(logging.INFO):
+        got = match_keypoints([str(tmp_path / "a/1.jpg"), str(tmp_path / "a/2.jpg")], read_keypoints(path),
+                              tmp_path, image_sizes=[(64, 200), (64, 200)])
+    assert got[0][[3, 5, 7], 2].tolist() == [0, 0, 0] and (got[0][[0, 1, 2, 4, 6], 2] == 2).all()
+    assert (got[1][:, 2] == 2).all()
+    assert "1 keypoint entries in" in caplog.text
+    assert "have NaN/inf joints, read as missing joints: line 1 (a/1.jpg)" in caplog.text
+    assert "skipped 1 labelled joints in" in caplog.text
+    assert "off the image (now missing): a/1.jpg (1 joints)" in caplog.text
