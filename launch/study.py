@@ -186,7 +186,7 @@ def _read(path: Path) -> dict | None:
 
 
 def _pct(values: list[float]) -> str:
-    return " / ".join(f"{100 * v:.1f}" for v in values)
+    return " / ".join("–" if v != v else f"{100 * v:.1f}" for v in values)  # NaN: the class occurs nowhere
 
 
 def _arm_row(out: Path, arm: str, lam: float, seeds: list[int]) -> tuple[str, dict] | None:
@@ -220,15 +220,18 @@ def report(out: Path, seeds: list[int]) -> str:
             "mean ± sample std over seeds, in %.", "",
             "| arm | λ (fine-tune) | seeds | mAP | Rank-1 | mINP | mAP before fine-tuning | mAP per seed "
             "| pretrain min | fine-tune min |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
-    names = ("keypoints", "clustering", "random_init")
+    names = ("keypoints", "clustering", "random_init")  # the synthetic pretraining runs' label sources
     agreement = {n: a for n in names if (a := _read(out / f"agreement/{n}/agreement.json"))}
-    if agreement:
-        text += ["", "| teacher | label source | images labelled | token accuracy | mIoU (parts) "
-                 "| IoU background / upper / legs / feet |", "|---|---|---|---|---|---|"]
-        for name, a in agreement.items():
-            for source, r in a["sources"].items():
-                text.append(f"| {name} | {source} | {100 * r['valid_share']:.0f} % "
-                            f"| {100 * r['accuracy']:.1f} | {100 * r['miou_parts']:.1f} | {_pct(r['iou'])} |")
+    if agreement:  # keypoint labels do not depend on the network: one row
+        rows = [("keypoints (any network)", next(iter(agreement.values()))["sources"]["keypoints"])]
+        teacher = {"keypoints": "pretrained with keypoint labels", "clustering": "pretrained with clustered "
+                   "labels", "random_init": "randomly initialised"}
+        rows += [(f"clustering, teacher {teacher[name]}", a["sources"]["clustering"])
+                 for name, a in agreement.items()]
+        text += ["", "| part labels | images labelled | token accuracy | mIoU (parts) "
+                 "| IoU background / upper / legs / feet |", "|---|---|---|---|---|"]
+        text += [f"| {label} | {100 * r['valid_share']:.0f} % | {100 * r['accuracy']:.1f} "
+                 f"| {100 * r['miou_parts']:.1f} | {_pct(r['iou'])} |" for label, r in rows]
         raw["agreement"] = agreement
     (out / "results.json").write_text(json.dumps(raw, indent=1))
     (out / "results.md").write_text("\n".join(text) + "\n")

@@ -73,3 +73,19 @@ def test_report_gives_mean_and_sample_std_over_the_finished_seeds(tmp_path):
 def test_a_missing_dataset_is_named(tmp_path):
     with pytest.raises(SystemExit, match="has no bounding_box_train"):
         study.main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--dry-run"])
+
+
+def test_report_lists_keypoint_labels_once_and_clustering_per_teacher(tmp_path):
+    def source(acc: float) -> dict:
+        return {"valid_share": 0.5, "accuracy": acc, "miou_parts": acc, "iou": [acc, acc, acc, float("nan")]}
+
+    for name, acc in (("keypoints", 0.3), ("random_init", 0.2)):
+        folder = tmp_path / "agreement" / name
+        folder.mkdir(parents=True)
+        (folder / "agreement.json").write_text(json.dumps(
+            {"sources": {"keypoints": source(0.9), "clustering": source(acc)}}))
+    lines = study.report(tmp_path, [0]).splitlines()
+    assert "| keypoints (any network) | 50 % | 90.0 | 90.0 | 90.0 / 90.0 / 90.0 / – |" in lines
+    cells = " | 50 % | {0} | {0} | {0} / {0} / {0} / – |"
+    assert "| clustering, teacher pretrained with keypoint labels" + cells.format("30.0") in lines
+    assert "| clustering, teacher randomly initialised" + cells.format("20.0") in lines
