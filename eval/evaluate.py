@@ -280,7 +280,13 @@ def _plots(models: dict[str, tuple[SplitFeatures, SplitFeatures, dict]], cfg: Ev
 
 
 def _label(source: str) -> str:
-    return "random weights" if source == "random" else Path(source).name
+    """A short name for a model: the file name, with its run folder for generic checkpoint names
+    (``runs/x/checkpoints/last.pt`` -> ``x/last.pt``)."""
+    if source == "random":
+        return "random weights"
+    path = Path(source)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return f"{run.name}/{path.name}" if path.name in ("last.pt", "best.pt") and run.name else path.name
 
 
 def run(cfg: EvalConfig, source: str, compare: str | None = None) -> dict:

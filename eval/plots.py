@@ -85,18 +85,19 @@ def plot_distance_distributions(pairs: Mapping[str, tuple[np.ndarray, np.ndarray
 
     Args:
         pairs: label -> (positive distances, negative distances); one panel per label, side by
-            side, sharing both axes.
+            side. Each panel has its own range: two models' distances need not share a scale (a
+            fine-tuned model's un-normalised features can sit 10x closer than its starting
+            point's), and the separation of green from red (and its AUC) is what compares.
         path: the PNG to write.
     """
     if not pairs:
         raise ValueError("plot_distance_distributions needs at least one (label -> pairs) entry")
-    values = [v for pos, neg in pairs.values() for v in (pos, neg) if len(v)]
-    lo = min(float(v.min()) for v in values) if values else 0.0
-    hi = max(float(v.max()) for v in values) if values else 1.0
-    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False)
     for ax, (label, (pos, neg)) in zip(axes[0], pairs.items()):
+        values = [v for v in (pos, neg) if len(v)]
+        lo = min(float(v.min()) for v in values) if values else 0.0
+        hi = max(float(v.max()) for v in values) if values else 1.0
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
         ax.hist(neg, bins=edges, density=True, color=RED, alpha=0.55,
                 label=f"different identity ({len(neg):,})")
         ax.hist(pos, bins=edges, density=True, color=GREEN, alpha=0.55,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.evaluate import main
+from eval.evaluate import _label, main
 from eval.features import SplitFeatures, load_features, save_features
 from eval.metrics import evaluate_features
 from solider.models.swin import build_swin
@@ -162,3 +162,10 @@ def test_random_tiny_swin_on_cuhk03(cuhk03_root, tmp_path, capsys):
     assert "random weights + re-ranking" in metrics["models"]
     q, g = load_features(out / "features.npz")
     assert len(q) == 200 and len(g) == 738
+
+
+def test_model_labels_name_the_run_of_generic_checkpoint_files():
+    assert _label("runs/study/pretrain/solider_s0/checkpoints/last.pt") == "solider_s0/last.pt"
+    assert _label("runs/ft/best.pt") == "ft/best.pt"
+    assert _label("weights/solider_swin_tiny.pth") == "solider_swin_tiny.pth"
+    assert _label("last.pt") == "last.pt" and _label("random") == "random weights"
