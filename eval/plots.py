@@ -1,8 +1,9 @@
 """Evaluation plots as PNG files (matplotlib, Agg backend: no display needed).
 
 - :func:`plot_distance_distributions`: histograms of positive-pair (green, same identity) and
-  negative-pair (red, different identity) query-gallery distances, one panel per model with
-  shared axes ("before / after fine-tuning"), as in NVIDIA's TAO ReID fine-tuning write-up.
+  negative-pair (red, different identity) query-gallery distances, one panel per model, side by
+  side ("before / after fine-tuning"), each on its own range, as in NVIDIA's TAO ReID fine-tuning
+  write-up.
   Pairs follow the evaluation protocol: positives are same pid under another camera,
   same-pid-same-camera pairs are left out. :func:`sample_pair_distances` bounds the work: at most
   ``max_pairs`` positives (a uniform subsample when there are more) and ``max_pairs`` negatives
