@@ -189,37 +189,52 @@ def _pct(values: list[float]) -> str:
     return " / ".join("–" if v != v else f"{100 * v:.1f}" for v in values)  # NaN: the class occurs nowhere
 
 
-def _arm_row(out: Path, arm: str, lam: float, seeds: list[int]) -> tuple[str, dict] | None:
+def _arm_runs(out: Path, arm: str, lam: float, seeds: list[int]) -> dict | None:
+    """The finished fine-tuning runs of one arm and λ: per seed final / initial metrics and times."""
     runs = [(s, _read(out / _ft_name(arm, s, lam) / "metrics.json"), _read(out / _ft_name(arm, s, lam) /
                                                                             "study.json")) for s in seeds]
     runs = [(s, m, w) for s, m, w in runs if m and w]
     if not runs:
         return None
-    finals = [m["final"] for _, m, _ in runs]
-    starts = [m["history"][0] for _, m, _ in runs if m["history"] and m["history"][0]["step"] == 0]
     pre = [_read(out / f"pretrain/{arm}_s{s}/study.json") for s, _, _ in runs] if arm != "scratch" else []
-    raw = {"seeds": [s for s, _, _ in runs], "final": finals, "start": starts,
-           "finetune_s": [w["seconds"] for _, _, w in runs], "pretrain_s": [p["seconds"] for p in pre if p]}
-    maps = [f["mAP"] for f in finals]
-    minutes = [statistics.mean(raw[k]) / 60 if raw[k] else 0.0 for k in ("pretrain_s", "finetune_s")]
-    row = (f"| {arm} | {lam:g} | {len(runs)} | {_mean_std(maps)} | {_mean_std([f['rank1'] for f in finals])} "
-           f"| {_mean_std([f['mINP'] for f in finals])} | {_mean_std([s['mAP'] for s in starts])} "
-           f"| {_pct(maps)} | {minutes[0]:.1f} | {minutes[1]:.1f} |")
-    return row, raw
+    return {"seeds": [s for s, _, _ in runs], "final": [m["final"] for _, m, _ in runs],
+            "start": [m["history"][0] for _, m, _ in runs if m["history"] and m["history"][0]["step"] == 0],
+            "finetune_s": [w["seconds"] for _, _, w in runs], "pretrain_s": [p["seconds"] for p in pre if p]}
+
+
+def _row(arm: str, lam: float, r: dict, scratch: dict[int, float]) -> str:
+    maps = [f["mAP"] for f in r["final"]]
+    # Paired by seed: a seed fixes the initial network and the data order in every arm, so the
+    # per-seed difference to no pretraining removes most of the seed-to-seed spread.
+    paired = [m - scratch[s] for s, m in zip(r["seeds"], maps) if s in scratch]
+    delta = "–" if arm == "scratch" or not paired else (
+        f"{100 * paired[0]:+.1f}" if len(paired) == 1 else
+        f"{100 * statistics.mean(paired):+.1f} ± {100 * statistics.stdev(paired):.1f}")
+    minutes = [statistics.mean(r[k]) / 60 if r[k] else 0.0 for k in ("pretrain_s", "finetune_s")]
+    rank1, minp = ([f[k] for f in r["final"]] for k in ("rank1", "mINP"))
+    return (f"| {arm} | {lam:g} | {len(maps)} | {_mean_std(maps)} | {delta} | {_mean_std(rank1)} "
+            f"| {_mean_std(minp)} | {_mean_std([x['mAP'] for x in r['start']])} | {_pct(maps)} "
+            f"| {minutes[0]:.1f} | {minutes[1]:.1f} |")
 
 
 def report(out: Path, seeds: list[int]) -> str:
     """Markdown tables (and results.json) from whatever finished."""
-    rows, raw = [], {}
+    raw = {}
     for arm, lam in [(a, DEFAULT_LAMBDA) for a in ARMS] + [("solider", x) for x in (0.0, 0.5, 1.0)]:
-        found = _arm_row(out, arm, lam, seeds)
+        found = _arm_runs(out, arm, lam, seeds)
         if found:
-            rows.append(found[0])
-            raw[f"{arm}_l{lam:g}"] = found[1]
+            raw[f"{arm}_l{lam:g}"] = found
+    base = raw.get(f"scratch_l{DEFAULT_LAMBDA:g}", {"seeds": [], "final": []})
+    scratch = {s: f["mAP"] for s, f in zip(base["seeds"], base["final"])}
+    rows = []
+    for key, r in raw.items():
+        arm, lam = key.rsplit("_l", 1)
+        rows.append(_row(arm, float(lam), r, scratch))
     text = [f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
             "mean ± sample std over seeds, in %.", "",
-            "| arm | λ (fine-tune) | seeds | mAP | Rank-1 | mINP | mAP before fine-tuning | mAP per seed "
-            "| pretrain min | fine-tune min |", "|---|---|---|---|---|---|---|---|---|---|", *rows]
+            "| arm | λ (fine-tune) | seeds | mAP | Δ mAP vs no pretraining, paired by seed | Rank-1 | mINP "
+            "| mAP before fine-tuning | mAP per seed | pretrain min | fine-tune min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
     names = ("keypoints", "clustering", "random_init")  # the synthetic pretraining runs' label sources
     agreement = {n: a for n in names if (a := _read(out / f"agreement/{n}/agreement.json"))}
     if agreement:  # keypoint labels do not depend on the network: one row

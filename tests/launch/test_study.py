@@ -61,9 +61,10 @@ def test_report_gives_mean_and_sample_std_over_the_finished_seeds(tmp_path):
     text = study.report(tmp_path, [0, 1])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in text.splitlines() if line.startswith("| ") and "---" not in line}
-    assert rows["scratch"][2:5] == ["2", "15.0 ± 7.1", "15.0 ± 7.1"]
-    assert rows["scratch"][6:] == ["1.0 ± 0.0", "10.0 / 20.0", "0.0", "1.5"]
-    assert rows["dino"][2:4] == ["1", "30.0"] and rows["dino"][-2:] == ["10.0", "1.0"]
+    assert rows["scratch"][2:7] == ["2", "15.0 ± 7.1", "–", "15.0 ± 7.1", "15.0 ± 7.1"]
+    assert rows["scratch"][7:] == ["1.0 ± 0.0", "10.0 / 20.0", "0.0", "1.5"]
+    # seed 0 only: 30 % against scratch's 10 % with the same seed
+    assert rows["dino"][2:5] == ["1", "30.0", "+20.0"] and rows["dino"][-2:] == ["10.0", "1.0"]
     assert "solider" not in rows
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["scratch_l0.2"]["seeds"] == [0, 1] and saved["dino_l0.2"]["seeds"] == [0]
