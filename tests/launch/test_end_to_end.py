@@ -1,0 +1,39 @@
+"""The two drivers run end to end through the real entry points (slow: minutes on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_demo_quick_runs_every_stage_and_prints_the_table(tmp_path):
+    out = _run("launch/demo.py", "--quick", "--out", str(tmp_path / "demo"))
+    assert "Demo results on the synthetic Market-layout test split" in out
+    assert "SOLIDER-pretrained" in out and "random init" in out
+    for path in ("pretrain/checkpoints/last.pt", "finetune/metrics.json", "finetune_scratch/metrics.json",
+                 "eval/distances.png", "eval/metrics.json"):
+        assert (tmp_path / "demo" / path).is_file(), path
+
+
+def test_study_quick_runs_every_stage_and_resumes_without_rerunning(tmp_path, cuhk03_root):
+    args = ("launch/study.py", "--quick", "--seeds", "0", "--data", str(cuhk03_root), "--out", str(tmp_path))
+    first = _run(*args)
+    assert "FAIL" not in first and "study: 17 of 17 runs done" in first, first[-2000:]
+    table = (tmp_path / "results.md").read_text()
+    for row in ("| solider | 0.2 | 1 |", "| dino | 0.2 | 1 |", "| scratch | 0.2 | 1 |", "| solider | 1 | 1 |",
+                "| keypoints (any network) |", "| clustering, teacher randomly initialised |"):
+        assert row in table, row
+    again = _run(*args)  # every run left study.json: nothing starts again
+    assert "start " not in again and "study: 17 of 17 runs done" in again
