@@ -12,11 +12,28 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time: an entry point called twice in one process
+    (tests, notebooks) must not keep writing to the stream that was current at the first call, which
+    may be closed since (pytest's capture, a redirected notebook cell)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ assigns it; we always read sys.stderr
+        pass
+
+
 def setup_logging(is_main_process: bool = True, level: int = logging.INFO) -> None:
     """Configure the root logger once; other ranks only report warnings and errors."""
     root = logging.getLogger()
     if not any(getattr(h, "_solider", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         handler._solider = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -146,10 +146,11 @@ def test_eval_command_reads_a_finetuned_checkpoint(tiny_run, tiny_market, tmp_pa
     best = json.loads((out / "metrics.json").read_text())["best"]
     metrics = evaluate_main(["--data", str(tiny_market), "--checkpoint", str(out / "checkpoints" / "best.pt"),
                              "--out", str(tmp_path), "plots.enabled=false", "data.num_workers=0"])
-    row = metrics["models"]["best.pt"]
+    label = f"{out.name}/best.pt"  # the run folder names a generic checkpoint file
+    row = metrics["models"][label]
     assert row["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
     assert row["Rank-1"] == pytest.approx(best["rank1"])
-    assert "fine-tuned custom" in metrics["sources"]["best.pt"]
+    assert "fine-tuned custom" in metrics["sources"][label]
 
 
 @pytest.mark.dist
