@@ -14,6 +14,7 @@ from typing import Literal
 
 from finetune.resnet import RESNET_ARCHS, is_resnet
 from solider.config import ConfigError, opt, section
+from solider.models.swin_config import SwinArch
 
 ARCHS = ("swin_tiny", "swin_small", "swin_base", "custom", *RESNET_ARCHS)
 
@@ -30,14 +31,10 @@ class InitConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(SwinArch):  # embed_dim, depths, num_heads, window_size; arch_spec(); validate()
     arch: str = opt("swin_tiny", "swin_tiny | swin_small | swin_base | custom (then embed_dim, depths, "
                                  "num_heads, window_size are used) | resnet18 | resnet34 | resnet50 | "
                                  "resnet101 | resnet152 (timm ResNet, BoT / TAO baseline)")
-    embed_dim: int = opt(96, "custom arch only: channels of stage 0", gt=0)
-    depths: tuple[int, ...] = opt((2, 2, 6, 2), "custom arch only: blocks per stage")
-    num_heads: tuple[int, ...] = opt((3, 6, 12, 24), "custom arch only: attention heads per stage")
-    window_size: int = opt(7, "custom arch only: attention window (official: 7)", gt=0)
     img_size: tuple[int, int] = opt((384, 128), "input height, width for training and test "
                                                 "(SOLIDER-REID 384x128; BoT/TAO 256x128)")
     semantic_weight: float = opt(0.2, "lambda of the frozen semantic controller (0.2 for ReID, "
@@ -54,22 +51,15 @@ class ModelConfig:
     test_norm: bool = opt(True, "L2-normalise the test feature (all three recipes)")
     use_checkpoint: bool = opt(False, "gradient checkpointing: less memory, ~30% slower")
 
-    def arch_spec(self) -> str | dict:
-        """What ``build_swin`` takes: a variant name or the custom dims."""
-        if self.arch != "custom":
-            return self.arch
-        return {"embed_dim": self.embed_dim, "depths": tuple(self.depths),
-                "num_heads": tuple(self.num_heads), "window_size": self.window_size}
+    @classmethod
+    def known_archs(cls) -> tuple[str, ...]:
+        return tuple(ARCHS)
 
     def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ConfigError(f"model.arch={self.arch!r}: expected one of {', '.join(ARCHS)}")
+        super().validate()
         if self.last_stride != 1 and not is_resnet(self.arch):
             raise ConfigError(f"model.last_stride={self.last_stride} applies to ResNet archs only; "
                               f"{self.arch} takes 1")
-        if self.arch == "custom" and len(self.depths) != len(self.num_heads):
-            raise ConfigError(f"model.depths {self.depths} and model.num_heads {self.num_heads} "
-                              "must have the same length")
 
 
 @dataclass

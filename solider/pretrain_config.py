@@ -9,33 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from solider.config import ConfigError, opt, section
+from solider.config import opt, section
+from solider.models.swin_config import SwinArch
 
 
 @dataclass
-class ModelConfig:
-    arch: str = opt("swin_tiny", "swin_tiny | swin_small | swin_base | custom (then embed_dim, depths, "
-                                 "num_heads, window_size are used)")
-    embed_dim: int = opt(96, "custom arch only: channels of stage 0", gt=0)
-    depths: tuple[int, ...] = opt((2, 2, 6, 2), "custom arch only: blocks per stage")
-    num_heads: tuple[int, ...] = opt((3, 6, 12, 24), "custom arch only: attention heads per stage")
-    window_size: int = opt(7, "custom arch only: attention window (official: 7)", gt=0)
+class ModelConfig(SwinArch):  # arch, embed_dim, depths, num_heads, window_size; arch_spec(); validate()
     img_size: tuple[int, int] = opt((256, 128), "global crop height, width (official 256x128)")
     local_size: tuple[int, int] = opt((128, 64), "local crop height, width (official 128x64)")
     drop_path_rate: float = opt(0.1, "stochastic depth of the student (the teacher uses 0)", ge=0, lt=1)
     use_checkpoint: bool = opt(False, "gradient checkpointing: less memory, ~30% slower")
-
-    def arch_spec(self) -> str | dict:
-        """What ``build_swin`` takes: a variant name or the custom dims."""
-        if self.arch != "custom":
-            return self.arch
-        return {"embed_dim": self.embed_dim, "depths": tuple(self.depths),
-                "num_heads": tuple(self.num_heads), "window_size": self.window_size}
-
-    def validate(self) -> None:
-        if self.arch == "custom" and len(self.depths) != len(self.num_heads):
-            raise ConfigError(f"model.depths {self.depths} and model.num_heads {self.num_heads} "
-                              "must have the same length")
 
 
 @dataclass
