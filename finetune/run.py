@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
             step, history = restore_state(run, resumed[1])
         logger.info("resumed from %s at step %d", resumed[0], step)
+    del resumed  # its weights and optimizer state are in the model now; do not hold a second copy
     tracker = RunLogger(accelerator, output_dir, to_dict(cfg))
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
     if accelerator.is_main_process:

@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
         with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
             step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
         logger.info("resumed from %s at step %d", resumed[0], step)
+    del resumed  # its weights and optimizer state are in the networks now; do not hold a second copy
+    first_step = step
     stop = min(sched["total"], cfg.train.max_steps or sched["total"])
     run = RunLogger(accelerator, output_dir, to_dict(cfg))
     settings = semantic_settings(cfg)
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
         accelerator.wait_for_everyone()
     progress.close()
-    if resumed is not None and step == int(resumed[1]["step"]):
+    if step == first_step:
         # resumed at the stop (e.g. from a periodic file after a kill inside last.pt's save): make
         # last.pt hold the final state, as an uninterrupted run leaves it
         checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,

@@ -100,13 +100,6 @@ class KeypointTable:
     image_sizes: dict[str, tuple[int, int]]  # key -> (width, height), where the file says
 
 
-def _warn_nonfinite(path: str | Path, entries: list[str], show: int = 5) -> None:
-    if entries:
-        more = f" (and {len(entries) - show} more)" if len(entries) > show else ""
-        logger.warning("%d keypoint entries in %s have NaN/inf joints, read as missing joints: %s%s",
-                       len(entries), path, ", ".join(entries[:show]), more)
-
-
 def read_keypoints(path: str | Path) -> KeypointTable:
     """Read a keypoint file by extension: ``.json`` COCO, ``.csv`` OpenPose-18, ``.jsonl`` JSONL lines."""
     suffix = Path(path).suffix.lower()
@@ -153,7 +146,8 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
             sizes[key] = size
     log_skipped(logger, f"COCO annotations in {path} with a wrong keypoint count (need 51 numbers)", bad)
     log_skipped(logger, f"COCO annotations in {path} whose image_id is not in 'images'", unknown)
-    _warn_nonfinite(path, nonfinite)
+    log_skipped(logger, f"keypoint entries in {path} with NaN/inf joints, read as missing joints", nonfinite,
+                verb="found")
     if multi:
         logger.info("%s: %d extra person annotations on already-seen images; kept the one with most "
                     "labelled joints per image", path, multi)
@@ -220,7 +214,8 @@ def read_keypoints_jsonl(path: str | Path) -> KeypointTable:
                 kpts = sanitize(kpts, sizes[key])
             entries[key] = kpts
     log_skipped(logger, f"lines of {path} without valid keypoints", bad)
-    _warn_nonfinite(path, nonfinite)
+    log_skipped(logger, f"keypoint entries in {path} with NaN/inf joints, read as missing joints", nonfinite,
+                verb="found")
     return KeypointTable(str(path), entries, sizes)
 
 
@@ -300,8 +295,8 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
                          f"then basename); the file has keys like {list(table.entries)[:3]}")
     unused = [k for k in table.entries if k not in used]
     log_skipped(logger, f"keypoint entries of {table.source} that match no dataset image", unused)
-    log_skipped(logger, f"labelled joints in {table.source} that are off the image (now missing)",
-                bad_joints, total=lost_joints)
+    log_skipped(logger, f"labelled joints in {table.source} that are off the image, read as missing",
+                bad_joints, total=lost_joints, verb="found")
     matched = len(image_paths) - sum(k is None for k in out)
     logger.info("keypoints from %s for %d of %d images", table.source, matched, len(image_paths))
     return out

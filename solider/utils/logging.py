@@ -17,11 +17,8 @@ class _CurrentStderr(logging.StreamHandler):
     (tests, notebooks) must not keep writing to the stream that was current at the first call, which
     may be closed since (pytest's capture, a redirected notebook cell)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
-    def stream(self):  # noqa: D102
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -41,11 +38,12 @@ def setup_logging(is_main_process: bool = True, level: int = logging.INFO) -> No
 
 
 def log_skipped(logger: logging.Logger, what: str, paths: list, total: int | None = None,
-                show: int = 5) -> None:
-    """Report skipped inputs with a count and the first few paths (never skip silently)."""
+                show: int = 5, verb: str = "skipped") -> None:
+    """Report skipped (or otherwise ``verb``-ed) inputs with a count and the first few items: nothing
+    is passed over silently."""
     if not paths:
         return
     count = total if total is not None else len(paths)
     shown = ", ".join(str(p) for p in paths[:show])
-    more = f" (and {count - show} more)" if count > show else ""
-    logger.warning("skipped %d %s: %s%s", count, what, shown, more)
+    more = f" (and {count - len(paths[:show])} more)" if count > show else ""
+    logger.warning("%s %d %s: %s%s", verb, count, what, shown, more)

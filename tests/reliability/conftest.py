@@ -6,20 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from solider.data.synthetic import generate_market_dataset
+from tests.finetune.conftest import one_thread  # noqa: F401 (autouse; one thread, like runs.py)
 from tests.reliability.runs import FINETUNE, PRETRAIN, Background, finetune_args, pretrain_args
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs on one intra-op thread, like the subprocesses (see runs.py): tiny models gain
-    nothing from two, and on a shared CPU spin-waiting threads slow them down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,8 @@ def test_pretrain_killed_inside_a_save_resumes_from_the_previous_checkpoint(
     assert assert_same_run(pretrain_reference.result(), out) > 50
 
 
-def test_pretrain_killed_inside_the_final_save_rewrites_last_pt(pretrain_market, pretrain_reference, tmp_path):
+def test_pretrain_killed_inside_the_final_save_rewrites_last_pt(pretrain_market, pretrain_reference,
+                                                                 tmp_path):
     # Rename 9 is step_00000012.pt, rename 10 last.pt at the stop: killed before it, last.pt keeps step 9
     # and the resumed run starts at the stop with nothing to train; it must still leave the final state
     # in last.pt (it once kept the stale one).

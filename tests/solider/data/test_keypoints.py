@@ -160,7 +160,7 @@ def test_nan_and_off_image_joints_become_missing_with_counts(tmp_path, caplog):
                               tmp_path, image_sizes=[(64, 200), (64, 200)])
     assert got[0][[3, 5, 7], 2].tolist() == [0, 0, 0] and (got[0][[0, 1, 2, 4, 6], 2] == 2).all()
     assert (got[1][:, 2] == 2).all()
-    assert "1 keypoint entries in" in caplog.text
-    assert "have NaN/inf joints, read as missing joints: line 1 (a/1.jpg)" in caplog.text
-    assert "skipped 1 labelled joints in" in caplog.text
-    assert "off the image (now missing): a/1.jpg (1 joints)" in caplog.text
+    assert "found 1 keypoint entries in" in caplog.text
+    assert "with NaN/inf joints, read as missing joints: line 1 (a/1.jpg)" in caplog.text
+    assert "found 1 labelled joints in" in caplog.text
+    assert "off the image, read as missing: a/1.jpg (1 joints)" in caplog.text
