@@ -16,6 +16,16 @@ For teacher view t and student view v != t (same-view pairs are skipped)::
 then ``center <- m * center + (1 - m) * mean(teacher_out)``, the mean of the raw teacher logits
 over the *global* batch (all processes). The current batch uses the previous center.
 
+Two options the field uses against collapse at small scale, both off by default (official DINO):
+
+- ``centering="sinkhorn"`` replaces the running center by Sinkhorn-Knopp normalisation of the
+  teacher's targets over the global batch (SwAV, iBOT, DINOv2): P_t is the exp(teacher_t / tau_t)
+  matrix scaled so that every prototype gets the same total mass and every image a distribution.
+  Unlike the running center it balances the prototypes within each batch, so it cannot lag behind
+  a drifting teacher.
+- :func:`koleo_loss` (DINOv2's KoLeo regulariser, Sablayrolles et al. 2019) spreads the student's
+  L2-normalised features by pushing each one away from its nearest neighbour in the batch.
+
 Reference: facebookresearch/dino ``main_dino.DINOLoss`` (commit 7c446df5) and Caron et al.,
 "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021.
 """
@@ -29,7 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DINOLossOutput", "DINOLoss", "std_of_l2_normalized", "all_reduce_sum"]
+__all__ = ["DINOLossOutput", "DINOLoss", "std_of_l2_normalized", "all_reduce_sum", "sinkhorn_knopp",
+           "koleo_loss", "effective_rank"]
 
 
 class DINOLossOutput(NamedTuple):
@@ -58,12 +69,76 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` in place across processes when torch.distributed is initialised (a no-op
     in a single process, so every module runs on one CPU without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp targets (N, K) from teacher logits (N, K) over the global batch.
+
+    Starting from ``exp(logits / temp)``, alternately give every prototype (column) the mass 1/K
+    and every row the mass 1/N_global, ``iterations`` times, ending on the rows; the result is
+    scaled so that each row sums to 1. Sums run over all processes, so sharding the batch does not
+    change the targets. The logits are shifted by their global maximum first (a constant factor
+    that the first normalisation removes) so ``exp`` cannot overflow at small temperatures.
+    """
+    if logits.ndim != 2 or iterations < 1:
+        raise ValueError(f"sinkhorn_knopp: expected (N, K) logits and iterations >= 1, "
+                         f"got {tuple(logits.shape)} and {iterations}")
+    x = _upcast(logits) / temp
+    peak = x.max().reshape(1)
+    if _distributed():
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    q = torch.exp(x - peak)
+    rows = all_reduce_sum(q.new_tensor([float(q.shape[0])]))
+    k = q.shape[1]
+    q = q / all_reduce_sum(q.sum().reshape(1))
+    tiny = torch.finfo(q.dtype).tiny  # a prototype no image reaches (exp underflow) keeps mass 0, not NaN
+    for _ in range(iterations):
+        q = q / all_reduce_sum(q.sum(dim=0, keepdim=True)).clamp_min(tiny) / k  # every prototype: 1/K
+        q = q / q.sum(dim=1, keepdim=True).clamp_min(tiny) / rows  # every image: mass 1/N
+    return q * rows
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo spread regulariser: ``-mean_i log(min_{j != i} ||x_i - x_j|| + eps)`` on L2-normalised rows.
+
+    features: (N >= 2, D) -> scalar, differentiable. Per process, as in DINOv2 (no gathering).
+    """
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"koleo_loss: expected (N >= 2, D), got {tuple(features.shape)}")
+    x = F.normalize(_upcast(features), dim=1, eps=eps)
+    with torch.no_grad():  # the nearest neighbour by cosine; the distance below carries the gradient
+        sim = x @ x.t()
+        sim.fill_diagonal_(-2.0)
+        nearest = sim.argmax(dim=1)
+    distance = (x - x[nearest]).pow(2).sum(dim=1).add(eps * eps).sqrt()
+    return -torch.log(distance + eps).mean()
+
+
+@torch.no_grad()
+def effective_rank(features: torch.Tensor) -> float:
+    """exp(entropy of the normalised singular values) of the centred features (Roy & Vetterli 2007).
+
+    features: (N, D). 1 when every row is the same direction up to an offset, min(N-1, D) at most.
+    """
+    x = _upcast(features) - _upcast(features).mean(dim=0, keepdim=True)
+    s = torch.linalg.svdvals(x.double())
+    total = s.sum()
+    if total <= 0:
+        return 1.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 @torch.no_grad()
@@ -91,13 +166,17 @@ class DINOLoss(nn.Module):
             per-epoch array), then stays. Steps rather than epochs, like every other schedule;
             pass ``epochs * steps_per_epoch``. 0 = no warmup (SOLIDER).
         center_momentum: m of the center EMA.
+        centering: ``"center"`` (official: subtract the running center) or ``"sinkhorn"``
+            (Sinkhorn-Knopp targets, :func:`sinkhorn_knopp`; the center is then left unused).
+        sinkhorn_iterations: Sinkhorn-Knopp iterations (DINOv2: 3).
 
     The ``center`` buffer (1, K) is part of ``state_dict()`` and must be checkpointed.
     """
 
     def __init__(self, out_dim: int, n_global: int = 2, student_temp: float = 0.1, teacher_temp: float = 0.04,
                  warmup_teacher_temp: float = 0.04, warmup_teacher_temp_steps: int = 0,
-                 center_momentum: float = 0.9) -> None:
+                 center_momentum: float = 0.9, centering: str = "center",
+                 sinkhorn_iterations: int = 3) -> None:
         super().__init__()
         if out_dim < 1 or n_global < 1:
             raise ValueError(f"DINOLoss: out_dim and n_global must be >= 1, got {out_dim}, {n_global}")
@@ -107,6 +186,11 @@ class DINOLoss(nn.Module):
         if warmup_teacher_temp_steps < 0 or not 0.0 <= center_momentum <= 1.0:
             raise ValueError(f"DINOLoss: need warmup_teacher_temp_steps >= 0 and center_momentum in [0, 1], "
                              f"got {warmup_teacher_temp_steps}, {center_momentum}")
+        if centering not in ("center", "sinkhorn") or sinkhorn_iterations < 1:
+            raise ValueError(f"DINOLoss: centering must be 'center' or 'sinkhorn' and sinkhorn_iterations "
+                             f">= 1, got {centering!r}, {sinkhorn_iterations}")
+        self.centering = centering
+        self.sinkhorn_iterations = int(sinkhorn_iterations)
         self.out_dim = out_dim
         self.n_global = n_global
         self.student_temp = student_temp
@@ -167,9 +251,13 @@ class DINOLoss(nn.Module):
         # tau = 0.04 is sensitive, and DINO's autocast also runs softmax in float32.
         log_p_s = F.log_softmax(_upcast(student_out) / self.student_temp, dim=-1).view(views, batch, k)
         with torch.no_grad():
-            t_logits = (_upcast(teacher_out.detach()) - self.center) / temp
-            q = F.softmax(t_logits, dim=-1)
-            log_q = F.log_softmax(t_logits, dim=-1)
+            if self.centering == "sinkhorn":
+                q = sinkhorn_knopp(teacher_out.detach(), temp, self.sinkhorn_iterations)
+                log_q = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny))
+            else:
+                t_logits = (_upcast(teacher_out.detach()) - self.center) / temp
+                q = F.softmax(t_logits, dim=-1)
+                log_q = F.log_softmax(t_logits, dim=-1)
             q = q.view(g, batch, k)
         # sum over pairs t != v of <q_t, log p_v> = <sum_t q_t, sum_v log p_v> - sum_t <q_t, log p_t>:
         # elementwise float32 work only (no matmul that TF32 could round, no (G, V, B, K) tensor).
@@ -182,7 +270,8 @@ class DINOLoss(nn.Module):
             # the plain mean over teacher rows and KL = CE - H exactly.
             kl = loss.detach() - entropy
             student_std = std_of_l2_normalized(student_out.detach())
-        self.update_center(teacher_out)
+        if self.centering == "center":
+            self.update_center(teacher_out)
         return DINOLossOutput(loss, entropy, kl, student_std, temp)
 
     @torch.no_grad()

@@ -12,17 +12,17 @@ checkpoint. See docs/PRETRAINING.md.
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 from torch import nn
 from tqdm import tqdm
 
-from eval.features import extract_features
-from eval.metrics import evaluate_features
 from solider.checkpoint import load_backbone_weights, safe_load
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.multicrop import MultiCropTransform
@@ -40,8 +40,9 @@ from solider.pretrain_data import (
     resolve_crop_source,
     synthetic_root,
 )
+from solider.pretrain_monitor import CHARTS, run_monitor, start_values
 from solider.pretrain_step import SemanticSettings, solider_step
-from solider.schedules import cosine_schedule, scale_lr
+from solider.schedules import auto_momentum, cosine_schedule, scale_lr, span_steps, teacher_movement
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
@@ -112,15 +113,38 @@ def build_optimizer(cfg: PretrainConfig, student: MultiCropNet) -> torch.optim.O
 
 
 def build_schedules(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int) -> dict:
-    """Per-step lr, weight decay and teacher momentum (DINO); derived values are logged, not stored."""
+    """Per-step lr, weight decay and teacher momentum (DINO), and the lengths given as spans (in
+    steps); derived values are logged, not stored."""
     total = cfg.train.epochs * steps_per_epoch
+    spans = {name: span_steps(value, steps_per_epoch, total, key) for name, key, value in (
+        ("warmup", "optim.warmup_epochs", cfg.optim.warmup_epochs),
+        ("freeze_last_layer", "dino.freeze_last_layer_epochs", cfg.dino.freeze_last_layer_epochs),
+        ("teacher_temp_warmup", "dino.warmup_teacher_temp_epochs", cfg.dino.warmup_teacher_temp_epochs))}
     peak = scale_lr(cfg.optim.lr, global_batch)
-    warmup = min(int(cfg.optim.warmup_epochs * steps_per_epoch), total)
-    logger.info("schedules: %d steps (%d per epoch), peak lr %.3g (= %.3g x %d / 256), warmup %d steps",
-                total, steps_per_epoch, peak, cfg.optim.lr, global_batch, warmup)
-    return {"lr": cosine_schedule(peak, cfg.optim.min_lr, total, warmup),
+    m0 = cfg.dino.momentum_teacher
+    if m0 == "auto":
+        m0 = auto_momentum(total, cfg.dino.teacher_movement)
+    momentum = cosine_schedule(m0, 1.0, total)
+    movement = teacher_movement(momentum)
+    logger.info("schedules: %d steps (%d per epoch), peak lr %.3g (= %.3g x %d / 256), warmup %d steps, "
+                "last layer frozen %d steps, teacher temperature warmup %d steps, teacher momentum %.5g%s "
+                "-> 1 (total movement %.3g: the initialisation keeps <= %.2g of the teacher)", total,
+                steps_per_epoch, peak, cfg.optim.lr, global_batch, spans["warmup"],
+                spans["freeze_last_layer"], spans["teacher_temp_warmup"], m0,
+                " (auto)" if cfg.dino.momentum_teacher == "auto" else "", movement[-1], np.exp(-movement[-1]))
+    return {"lr": cosine_schedule(peak, cfg.optim.min_lr, total, spans["warmup"]),
             "wd": cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, total),
-            "momentum": cosine_schedule(cfg.dino.momentum_teacher, 1.0, total), "total": total}
+            "momentum": momentum, "movement": movement, "total": total, **spans}
+
+
+def monitor_semantic_weight(cfg: PretrainConfig) -> float:
+    """λ of the monitored features: the configured one, else 0.2 (ReID) for SOLIDER runs and the λ a
+    DINO-only run trains with (its controller never sees another value)."""
+    if cfg.monitor.semantic_weight is not None:
+        return cfg.monitor.semantic_weight
+    if cfg.semantic.enabled and cfg.semantic.fixed_weight is None:
+        return 0.2
+    return cfg.semantic.fixed_weight or 0.0
 
 
 def semantic_settings(cfg: PretrainConfig) -> SemanticSettings:
@@ -129,42 +153,16 @@ def semantic_settings(cfg: PretrainConfig) -> SemanticSettings:
                             s.min_foreground, s.masking, s.loss_weight)
 
 
-class _TeacherEmbedding(nn.Module):
-    """The teacher backbone's pooled feature at a fixed λ, as the monitor's model."""
-
-    def __init__(self, teacher: MultiCropNet, semantic_weight: float):
-        super().__init__()
-        self.backbone, self.semantic_weight = teacher.backbone, semantic_weight
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images, semantic_weight=self.semantic_weight)
-
-
-@torch.no_grad()
-def run_monitor(teacher: MultiCropNet, monitor: tuple | None, device: torch.device, batch_size: int,
-                semantic_weight: float = 0.2) -> dict[str, float]:
-    """Market-protocol mAP / Rank-1 / mINP of L2-normalised teacher features (λ = 0.2, the ReID value)."""
-    if monitor is None:
-        return {}
-    feats = []
-    model = _TeacherEmbedding(teacher, semantic_weight).eval()
-    for split in monitor:
-        loader = torch.utils.data.DataLoader(split, batch_size=batch_size, num_workers=0,
-                                             generator=torch.Generator())  # leaves the global RNG alone
-        feats.append(extract_features(model, loader, device, normalize=True, progress=False))
-    q, g = feats
-    result = evaluate_features(q["feats"], g["feats"], q["pids"], g["pids"], q["camids"], g["camids"],
-                               metric="cosine")
-    return {"eval/mAP": result["mAP"], "eval/rank1": float(result["cmc"][0]), "eval/mINP": result["mINP"]}
-
-
-def checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss, step, epoch) -> dict:
-    """Everything a bit-exact resume needs, as tensors and plain values (DESIGN.md)."""
+def checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss, step, epoch,
+                     monitor_start: dict | None = None) -> dict:
+    """Everything a bit-exact resume needs, as tensors and plain values (DESIGN.md), and the monitor's
+    step-0 reference (so a resumed run keeps drawing it)."""
     rng = gather_object([capture_rng_state()]) if accelerator.num_processes > 1 else [capture_rng_state()]
     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
     return {"student": accelerator.unwrap_model(student).state_dict(), "teacher": teacher.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler, "center": dino_loss.center.detach().cpu(),
-            "step": step, "epoch": epoch, "rng": rng, "config": to_dict(cfg), "kind": "solider_pretrain"}
+            "step": step, "epoch": epoch, "rng": rng, "config": to_dict(cfg), "kind": "solider_pretrain",
+            "monitor_start": monitor_start}
 
 
 def restore_state(state, accelerator, student, teacher, optimizer, dino_loss) -> int:
@@ -242,10 +240,10 @@ def main(argv: list[str] | None = None) -> dict:
     spe = sampler.batches_per_epoch
     sched = build_schedules(cfg, spe, cfg.train.batch_size * world)
     dino_loss = DINOLoss(cfg.dino.out_dim, 2, cfg.dino.student_temp, cfg.dino.teacher_temp,
-                         cfg.dino.warmup_teacher_temp, cfg.dino.warmup_teacher_temp_epochs * spe,
-                         cfg.dino.center_momentum).to(device)
+                         cfg.dino.warmup_teacher_temp, sched["teacher_temp_warmup"], cfg.dino.center_momentum,
+                         cfg.dino.centering, cfg.dino.sinkhorn_iterations).to(device)
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
-    step = 0
+    step, start = 0, None
     resumed = load_resume_state(cfg.resume, output_dir)
     if resumed is None and (checkpoints.directory / "last.pt").exists():
         logger.warning("%s already holds checkpoints; this run starts from scratch and will overwrite "
@@ -253,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     if resumed is not None:
         with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
             step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
+        start = resumed[1].get("monitor_start")
         logger.info("resumed from %s at step %d", resumed[0], step)
     del resumed  # its weights and optimizer state are in the networks now; do not hold a second copy
     first_step = step
@@ -261,8 +260,17 @@ def main(argv: list[str] | None = None) -> dict:
     settings = semantic_settings(cfg)
     if accelerator.is_main_process:
         logger.info("TensorBoard: tensorboard --logdir %s", run.tb_dir)
+        if monitor is not None:
+            run.layout(CHARTS)
+    networks = {"teacher": teacher, "student": unwrapped}
+    check = functools.partial(run_monitor, networks, monitor, device, cfg.monitor.batch_size,
+                              semantic_weight=monitor_semantic_weight(cfg))
     if step == 0 and monitor is not None:
-        run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=0)
+        values = check()
+        start = start_values(values)
+        run.log({**values, **{f"eval/start/{k}": v for k, v in start.items()}}, step=0)
+    state = functools.partial(checkpoint_state, cfg, accelerator, student, teacher, optimizer, dino_loss,
+                              monitor_start=start)
 
     # ---- loop
     progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, desc="pretrain")
@@ -279,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
             with accelerator.autocast():
-                result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed)
+                result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed,
+                                      cfg.dino.koleo_weight)
             check_finite(accelerator, result.loss, step, result.metrics,
                          f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, "
                          "train.mixed_precision=bf16/no, or dino.teacher_temp <= 0.04.")
@@ -288,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.optim.clip_grad > 0:
                 accelerator.unscale_gradients()
                 clip_gradients(unwrapped, cfg.optim.clip_grad, cfg.optim.clip_mode)
-            cancel_last_layer_gradients(unwrapped.head, step / spe, cfg.dino.freeze_last_layer_epochs)
+            cancel_last_layer_gradients(unwrapped.head, step, sched["freeze_last_layer"])
             optimizer.step()
             for name in ("backbone", "head"):  # the teacher has no part head
                 ema_update_(getattr(teacher, name), getattr(unwrapped, name), float(sched["momentum"][step]))
@@ -306,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
                 values.update({"train/lr": float(sched["lr"][step - 1]),
                                "train/weight_decay": float(sched["wd"][step - 1]),
                                "train/momentum": float(sched["momentum"][step - 1]),
+                               "train/teacher_movement": float(sched["movement"][step - 1]),
                                "train/images_per_s": images / elapsed,
                                "train/data_time_share": data_time / max(elapsed, 1e-9),
                                "train/memory_mb": _memory_mb(device), "train/epoch": step / spe})
@@ -318,25 +328,22 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log_image("train/part_labels", part_overlay_grid(
                     g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std), step)
             if step % cfg.checkpoint.every_steps == 0:
-                checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
-                                                  step, step / spe), step, periodic=True)
+                checkpoints.save(state(step, step / spe), step, periodic=True)
             if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
-                run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
+                run.log(check(start=start), step=step)
             if step >= stop:
                 break
             fetch = time.perf_counter()
         if step % spe == 0 or step >= stop:  # end of an epoch, or of the run
-            checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
-                                              step, step / spe), step)
+            checkpoints.save(state(step, step / spe), step)
             if not cfg.monitor.every_steps and monitor is not None:
-                run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
+                run.log(check(start=start), step=step)
         accelerator.wait_for_everyone()
     progress.close()
     if step == first_step:
         # resumed at the stop (e.g. from a periodic file after a kill inside last.pt's save): make
         # last.pt hold the final state, as an uninterrupted run leaves it
-        checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
-                                          step, step / spe), step)
+        checkpoints.save(state(step, step / spe), step)
     failures = dataset.load_failures
     if failures:
         logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)

@@ -9,8 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from solider.config import opt, section
+from solider.config import ConfigError, opt, section
 from solider.models.swin_config import SwinArch
+from solider.schedules import parse_span
+
+SPAN = "epochs (a number), 'N steps' or 'P%' of the run"
+
+
+def _check_spans(section_name: str, obj: object, *names: str) -> None:
+    for name in names:
+        try:
+            parse_span(getattr(obj, name), f"{section_name}.{name}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass
@@ -62,12 +73,27 @@ class DinoConfig:
     student_temp: float = opt(0.1, "student softmax temperature", gt=0)
     teacher_temp: float = opt(0.04, "teacher temperature after warmup; above 0.07 tends to be unstable",
                               gt=0)
-    warmup_teacher_temp: float = opt(0.04, "teacher temperature at step 0", gt=0)
-    warmup_teacher_temp_epochs: int = opt(0, "linear teacher-temperature warmup length", ge=0)
+    warmup_teacher_temp: float = opt(0.04, "teacher temperature at step 0 (above teacher_temp: a warm-down, "
+                                           "which sharpens the targets as training goes)", gt=0)
+    warmup_teacher_temp_epochs: float | str = opt(0, f"linear teacher-temperature warmup length: {SPAN}")
+    centering: Literal["center", "sinkhorn"] = opt(
+        "center", "center: subtract a running mean of the teacher logits (official DINO); sinkhorn: "
+                  "Sinkhorn-Knopp targets balanced over each batch (DINOv2), steadier at small batches")
+    sinkhorn_iterations: int = opt(3, "Sinkhorn-Knopp iterations (centering=sinkhorn)", ge=1)
     center_momentum: float = opt(0.9, "EMA of the teacher centre", ge=0, lt=1)
-    momentum_teacher: float = opt(0.996, "teacher EMA momentum at step 0 (cosine to 1); try 0.9995 for "
-                                         "batch 256 and smaller", ge=0, le=1)
-    freeze_last_layer_epochs: int = opt(1, "keep the head's last layer fixed this many epochs", ge=0)
+    koleo_weight: float = opt(0.0, "weight of DINOv2's KoLeo spread regulariser on the student's pooled "
+                                   "global-crop features (DINOv2: 0.1); 0 = off (official)", ge=0)
+    momentum_teacher: float | Literal["auto"] = opt(
+        0.996, "teacher EMA momentum at step 0 (cosine to 1); try 0.9995 for batch 256 and smaller; auto: "
+               "chosen from the run length so the teacher moves dino.teacher_movement in all (short runs)",
+        ge=0, le=1)
+    teacher_movement: float = opt(5.0, "momentum_teacher=auto: target of the teacher's total EMA movement "
+                                       "sum(1 - m) over the run; its initialisation keeps <= exp(-target)",
+                                  gt=0)
+    freeze_last_layer_epochs: float | str = opt(1, f"keep the head's last layer fixed this long: {SPAN}")
+
+    def validate(self) -> None:
+        _check_spans("dino", self, "warmup_teacher_temp_epochs", "freeze_last_layer_epochs")
 
 
 @dataclass
@@ -93,12 +119,15 @@ class SemanticConfig:
 class OptimConfig:
     lr: float = opt(5e-4, "peak lr per 256 images; scaled by global batch / 256", gt=0)
     min_lr: float = opt(1e-6, "final lr of the cosine", ge=0)
-    warmup_epochs: float = opt(10, "linear lr warmup from 0", ge=0)
+    warmup_epochs: float | str = opt(10, f"linear lr warmup from 0: {SPAN}")
     weight_decay: float = opt(0.04, "weight decay at step 0 (cosine schedule)", ge=0)
     weight_decay_end: float = opt(0.4, "weight decay at the last step", ge=0)
     clip_grad: float = opt(3.0, "gradient clipping threshold; 0 disables", ge=0)
     clip_mode: Literal["per_param", "global"] = opt("per_param", "DINO clips each parameter's norm")
     betas: tuple[float, float] = opt((0.9, 0.999), "AdamW betas")
+
+    def validate(self) -> None:
+        _check_spans("optim", self, "warmup_epochs")
 
 
 @dataclass
@@ -124,12 +153,15 @@ class CheckpointConfig:
 
 @dataclass
 class MonitorConfig:
-    data_root: str | None = opt(None, "Market-format root for a representation check of the teacher "
-                                         "(mAP / Rank-1 / k-NN); None = the synthetic set's test split "
-                                         "when pretraining on it, else off")
+    data_root: str | None = opt(None, "Market-format root for a frozen-feature check of the teacher and "
+                                         "the student (mAP / Rank-1 / mINP); None = the synthetic set's "
+                                         "test split when pretraining on it, else off")
     every_steps: int = opt(0, "steps between checks; 0 = at the end of each epoch only", ge=0)
     batch_size: int = opt(64, "batch size of feature extraction", gt=0)
     max_images: int = opt(2000, "cap on query+gallery images for a quick check", gt=0)
+    semantic_weight: float | None = opt(None, "lambda of the checked features; None = 0.2 (the ReID value) "
+                                              "with semantics on, else the lambda the run trains with",
+                                        ge=0, le=1)
 
 
 @dataclass

@@ -17,12 +17,13 @@ official ``main_dino.py`` feeds it).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from solider.dino import DINOLoss
+from solider.dino import DINOLoss, koleo_loss
 from solider.models.multicrop import MultiCropNet, token_grid
 from solider.semantics import (
     PartLabels,
@@ -98,7 +99,7 @@ def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet,
 
 
 def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLoss, step: int,
-                 settings: SemanticSettings, seed: int = 0) -> StepResult:
+                 settings: SemanticSettings, seed: int = 0, koleo_weight: float = 0.0) -> StepResult:
     """Forward both networks and compute the loss of one step (see the module docstring).
 
     Args:
@@ -111,6 +112,8 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
         step: global step (teacher-temperature schedule).
         seed: run seed; λ and the erased part are functions of (seed, step, image), the same on
             every process.
+        koleo_weight: weight of the KoLeo regulariser on the student's pooled features of each
+            unmasked global crop view (DINOv2); 0 skips it.
     """
     globals_ = to_crop_major(batch["global_crops"])  # (2B, 3, Hg, Wg)
     locals_ = to_crop_major(batch["local_crops"])  # (L*B, 3, Hl, Wl)
@@ -144,10 +147,18 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
     dino = dino_loss(out.head[n_masked:], teacher_out, step)
     loss = dino.loss
     metrics: dict[str, float | Tensor] = {
-        "dino_loss": dino.loss.detach(), "teacher_entropy": dino.teacher_entropy, "kl": dino.kl,
+        "dino_loss": dino.loss.detach(), "teacher_entropy": dino.teacher_entropy,
+        "teacher_entropy_ratio": dino.teacher_entropy / math.log(dino_loss.out_dim) if dino_loss.out_dim > 1
+        else dino.teacher_entropy, "kl": dino.kl,
         "student_std": dino.student_std, "teacher_temp": dino.teacher_temp,
         "semantic_weight_mean": lam.mean(),
     }
+    if koleo_weight > 0:
+        batch_size = globals_.shape[0] // n_global
+        views = out.pooled[n_masked:n_masked + globals_.shape[0]].split(batch_size)
+        koleo = sum(koleo_loss(v) for v in views)
+        loss = loss + koleo_weight * koleo
+        metrics["koleo_loss"] = koleo.detach()
     if parts is not None:
         part_loss, part_acc = part_classification_loss(out.part_logits, labels, weights)
         loss = loss + settings.loss_weight * part_loss

@@ -133,7 +133,8 @@ def cancel_last_layer_gradients(module: nn.Module, epoch: float, freeze_last_lay
 
     Args:
         module: the module whose ``*last_layer*`` parameters are frozen.
-        epoch: current epoch; may be fractional (``step / steps_per_epoch``).
+        epoch: current progress; may be fractional (``step / steps_per_epoch``), or a step count
+            when ``freeze_last_layer_epochs`` is one too (pretraining passes steps).
         freeze_last_layer_epochs: gradients are cancelled while ``epoch < freeze_last_layer_epochs``.
     """
     if epoch >= freeze_last_layer_epochs:

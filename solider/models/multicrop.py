@@ -21,6 +21,7 @@ from solider.models.swin import SwinTransformer
 class MultiCropOutput(NamedTuple):
     head: Tensor  # (N_total, out_dim): DINO head outputs of all crops, groups concatenated in order
     part_logits: Tensor | None  # (N_part, h*w, parts+1) for the requested images of the first group
+    pooled: Tensor  # (N_total, C): pooled backbone features (the head's input), same row order
 
 
 def token_grid(img_size: Sequence[int], num_stages: int = 4, patch_size: int = 4) -> tuple[int, int]:
@@ -69,12 +70,13 @@ class MultiCropNet(nn.Module):
             if first_map is None:
                 first_map = fmap
             pooled.append(fmap.mean(dim=(2, 3)))
-        out = self.head(torch.cat(pooled))
+        features = torch.cat(pooled)
+        out = self.head(features)
         logits = None
         if part_index is not None and self.part_head is not None:
             tokens = first_map[part_index].flatten(2).transpose(1, 2)  # (N_part, h*w, C)
             logits = self.part_head(tokens)
-        return MultiCropOutput(out, logits)
+        return MultiCropOutput(out, logits, features)
 
 
 def freeze_unused_parameters(net: MultiCropNet) -> list[str]:

@@ -73,6 +73,14 @@ class RunLogger:
             tracker.add_image(tag, image.detach().cpu(), global_step=step, dataformats="CHW")
         tracker.flush()
 
+    def layout(self, charts: dict[str, dict[str, list]]) -> None:
+        """Group tags into shared charts (TensorBoard's Custom Scalars tab), e.g.
+        ``{"monitor": {"mAP": ["Multiline", ["eval/teacher/mAP", "eval/student/mAP"]]}}``."""
+        if self.is_main:
+            tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            tracker.add_custom_scalars(charts)
+            tracker.flush()
+
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()

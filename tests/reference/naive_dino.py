@@ -87,3 +87,46 @@ def naive_center_update(center: torch.Tensor, teacher_outs: list[torch.Tensor],
         mean = sum(float(r[d]) for r in rows) / len(rows)
         new[0, d] = momentum * float(center[0, d]) + (1 - momentum) * mean
     return new
+
+
+def naive_sinkhorn(logits: list[list[float]], temp: float, iterations: int) -> list[list[float]]:
+    """Sinkhorn-Knopp as DINOv2 writes it, on a prototypes x images matrix Q = exp(logits / temp)^T:
+    Q /= sum(Q); then per iteration rows (prototypes) to 1/K and columns (images) to 1/B; finally
+    Q *= B. Returned transposed back to images x prototypes. Plain Python floats, no shift."""
+    b, k = len(logits), len(logits[0])
+    q = [[math.exp(logits[i][j] / temp) for i in range(b)] for j in range(k)]  # K x B
+    total = sum(sum(row) for row in q)
+    q = [[v / total for v in row] for row in q]
+    for _ in range(iterations):
+        for j in range(k):
+            s = sum(q[j])
+            q[j] = [v / s / k for v in q[j]]
+        for i in range(b):
+            s = sum(q[j][i] for j in range(k))
+            for j in range(k):
+                q[j][i] = q[j][i] / s / b
+    return [[q[j][i] * b for j in range(k)] for i in range(b)]
+
+
+def naive_koleo(rows: list[list[float]], eps: float = 1e-8) -> float:
+    """KoLeo: L2-normalise, then -mean log(distance to the nearest other row + eps), by double loop."""
+    normed = []
+    for r in rows:
+        n = math.sqrt(sum(v * v for v in r))
+        normed.append([v / max(n, eps) for v in r])
+    total = 0.0
+    for i, a in enumerate(normed):
+        best = min(math.sqrt(sum((x - y) ** 2 for x, y in zip(a, c))) for j, c in enumerate(normed) if j != i)
+        total -= math.log(best + eps)
+    return total / len(rows)
+
+
+def naive_effective_rank(rows: list[list[float]]) -> float:
+    """exp(entropy of the normalised singular values) of the column-centred matrix, via numpy's SVD."""
+    import numpy as np
+
+    x = np.array(rows, dtype=np.float64)
+    s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))

@@ -12,8 +12,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from solider.dino import DINOLoss, std_of_l2_normalized
-from tests.reference.naive_dino import naive_center_update, naive_dino_loss, naive_teacher_temp
+from solider.dino import DINOLoss, effective_rank, koleo_loss, sinkhorn_knopp, std_of_l2_normalized
+from tests.reference.naive_dino import (
+    naive_center_update,
+    naive_dino_loss,
+    naive_effective_rank,
+    naive_koleo,
+    naive_sinkhorn,
+    naive_teacher_temp,
+)
 
 # (batch, n_local, out_dim, warmup_steps, step, center_momentum)
 CASES = [
@@ -167,3 +174,66 @@ def test_center_is_global_mean_across_two_processes(tmp_path):
         # the loss itself stays local (each process uses the same, previous center)
         ref = naive_dino_loss(r["student"], r["teacher"], torch.full((1, 8), 0.5), 2, 0.1, 0.04)
         assert float(r["loss"]) == pytest.approx(float(ref["loss"]), rel=1e-10)
+
+
+# ------------------------------------------------------------------ anti-collapse options
+
+@pytest.mark.parametrize("batch,out_dim,temp,iterations", [(4, 5, 0.1, 3), (7, 3, 0.04, 1), (3, 9, 0.5, 5)])
+def test_sinkhorn_knopp_matches_naive(batch, out_dim, temp, iterations):
+    gen = torch.Generator().manual_seed(batch + out_dim)
+    logits = torch.randn(batch, out_dim, generator=gen, dtype=torch.float64) * 0.3
+    ours = sinkhorn_knopp(logits, temp, iterations)
+    ref = torch.tensor(naive_sinkhorn(logits.tolist(), temp, iterations), dtype=torch.float64)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours.sum(dim=1), torch.ones(batch, dtype=torch.float64))  # distributions
+
+
+def test_sinkhorn_knopp_survives_large_logits_over_small_temperatures():
+    logits = torch.tensor([[30.0, 0.0, -5.0], [29.0, 1.0, 0.0]])  # exp(30 / 0.02) overflows unshifted
+    q = sinkhorn_knopp(logits, 0.02, 3)
+    assert torch.isfinite(q).all() and torch.allclose(q.sum(dim=1), torch.ones(2))
+
+
+def test_dino_loss_with_sinkhorn_uses_its_targets_and_leaves_the_center():
+    student, teacher = _outputs(3, 2, 6, seed=11)
+    loss_fn = DINOLoss(6, teacher_temp=0.07, centering="sinkhorn", sinkhorn_iterations=3).double()
+    loss_fn.center.fill_(0.25)
+    out = loss_fn(student, teacher, 0)
+    targets = torch.tensor(naive_sinkhorn(teacher.tolist(), 0.07, 3), dtype=torch.float64)
+    # the naive loss with those targets: mean over pairs (t != v) of mean over images of CE
+    log_p = torch.log_softmax(student / 0.1, dim=-1).view(4, 3, 6)
+    q = targets.view(2, 3, 6)
+    pairs = [-(q[t] * log_p[v]).sum(-1).mean() for t in range(2) for v in range(4) if v != t]
+    assert float(out.loss) == pytest.approx(float(sum(pairs) / len(pairs)), rel=1e-10)
+    entropy = float(-(targets * targets.log()).sum(-1).mean())
+    assert float(out.teacher_entropy) == pytest.approx(entropy, rel=1e-9)
+    assert torch.equal(loss_fn.center, torch.full((1, 6), 0.25, dtype=torch.float64))  # unused, untouched
+
+
+def test_bad_centering_is_refused():
+    with pytest.raises(ValueError, match="centering"):
+        DINOLoss(8, centering="mean")
+
+
+@pytest.mark.parametrize("n,d", [(2, 3), (5, 4), (9, 16)])
+def test_koleo_matches_naive_and_has_gradients(n, d):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n), dtype=torch.float64, requires_grad=True)
+    loss = koleo_loss(x)
+    assert float(loss) == pytest.approx(naive_koleo(x.tolist()), rel=1e-9)
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_koleo_is_lower_for_spread_features():
+    spread = torch.eye(4, dtype=torch.float64)
+    bunched = torch.tensor([[1.0, 0.01, 0, 0], [1.0, 0, 0.01, 0], [1.0, 0, 0, 0.01], [1.0, 0.01, 0.01, 0]],
+                           dtype=torch.float64)
+    assert float(koleo_loss(spread)) < float(koleo_loss(bunched))
+
+
+def test_effective_rank_matches_naive_and_detects_collapse():
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert effective_rank(x) == pytest.approx(naive_effective_rank(x.tolist()), rel=1e-9)
+    assert effective_rank(x) > 6  # near-isotropic Gaussian rows: close to the full 8
+    line = torch.randn(50, 1, dtype=torch.float64) * torch.tensor([[1.0, 2.0, -1.0]])
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)  # rank-one (a collapse to a line)

@@ -14,6 +14,8 @@ from solider.pretrain import main
 from solider.utils.training import NonFiniteLossError
 
 TINY = {"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7}
+MONITOR_TAGS = [f"eval/{net}/{key}" for net in ("teacher", "student", "start")
+                for key in ("mAP", "rank1", "mINP", "effective_rank", "mean_cosine")]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,8 @@ def test_end_to_end_outputs_and_layout(tiny_market, tmp_path):
                 "train/momentum", "train/teacher_temp", "train/teacher_entropy", "train/kl",
                 "train/student_std", "train/part_accuracy", "train/labelled_share",
                 "train/keypoint_label_share", "train/cluster_label_share", "train/images_per_s",
-                "train/data_time_share", "train/memory_mb", "eval/mAP", "eval/rank1", "eval/mINP"):
+                "train/data_time_share", "train/memory_mb", "train/teacher_entropy_ratio",
+                "train/teacher_movement", *MONITOR_TAGS):
         assert tag in scalars, tag
     assert "train/part_labels" in events.Tags()["images"]
 
@@ -119,3 +122,34 @@ def test_init_from_a_dino_only_run(tiny_market, tmp_path):
     # and the entry point accepts it
     assert main(_args(tiny_market, tmp_path / "solider", "train.max_steps=1",
                       f"init={dino / 'checkpoints' / 'last.pt'}"))["step"] == 1
+
+
+def test_monitor_scores_both_networks_against_their_common_start(tiny_market, tmp_path):
+    """Step 0: student = teacher = start (one network then); later the start line is drawn again
+    unchanged, the student moves first, and one custom-scalar chart groups the three lines."""
+    out = tmp_path / "monitor"
+    main(_args(tiny_market, out, "train.max_steps=4", "monitor.every_steps=2", "optim.warmup_epochs=0",
+               "dino.freeze_last_layer_epochs=0"))
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    series = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in MONITOR_TAGS}
+    for key in ("mAP", "rank1", "mINP", "effective_rank", "mean_cosine"):
+        teacher, student, start = (series[f"eval/{n}/{key}"] for n in ("teacher", "student", "start"))
+        assert sorted(teacher) == sorted(student) == sorted(start) == [0, 2, 4]
+        assert teacher[0] == student[0] == start[0], key
+        assert start[2] == start[4] == start[0]
+    assert series["eval/student/mean_cosine"][4] != series["eval/start/mean_cosine"][4]  # the student trained
+    layout = events.Tensors("custom_scalars__config__")  # the Custom Scalars tab's layout
+    assert layout and b"eval/student/mAP" in layout[0].tensor_proto.string_val[0]
+
+
+def test_monitor_start_survives_a_resume(tiny_market, tmp_path):
+    out = tmp_path / "resumed"
+    main(_args(tiny_market, out, "train.max_steps=2", "monitor.every_steps=2"))
+    start = safe_load(out / "checkpoints" / "last.pt")["monitor_start"]
+    assert set(start) == {"mAP", "rank1", "mINP", "effective_rank", "mean_cosine"}
+    main(_args(tiny_market, out, "train.max_steps=4", "monitor.every_steps=2", "resume=auto"))
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    later = {e.step: e.value for e in events.Scalars("eval/start/mAP")}
+    assert later[4] == pytest.approx(start["mAP"])
