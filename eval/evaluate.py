@@ -3,18 +3,21 @@
     python eval/evaluate.py --data ROOT --checkpoint CKPT [--rerank] [--compare CKPT2|NPZ2] [--out DIR]
     python eval/evaluate.py --features FILE.npz [--rerank] [--compare ...] [--out DIR]
     python eval/evaluate.py --data ROOT --checkpoint random model.arch=swin_tiny model.img_size=256x128
+    python eval/evaluate.py --data ROOT --checkpoint histogram|pixels model.img_size=128x64   # baselines
     [--config F.yaml] [key=value ...]      # every key: python eval/evaluate.py --help
 
-``--checkpoint``: our pretraining or fine-tuning checkpoint, an official SOLIDER / SOLIDER-REID / TAO
-one, or ``random`` (random weights, seeded). The model is the Swin backbone (pooled last stage),
-built from the checkpoint's own ``config`` (else the architecture read off its weights; ``model.*``
-keys override); see :func:`build_model_from_checkpoint`. ``--data`` is a Market-1501 folder (or
-MSMT17 list files); the query and gallery splits are used. Writes to ``--out`` (``output_dir``):
-``config.yaml``, ``metrics.json`` (fractions in [0, 1], CMC up to ``eval.max_rank``),
-``features.npz`` (when features were extracted), ``distances.png`` (positive / negative pair
-distances, side by side with ``--compare``), ``cmc.png`` and ``ranked.png`` (worst-AP queries; needs
-image paths). Defaults follow the Bag-of-Tricks test protocol: L2-normalised features, Euclidean
-distance, re-ranking on squared Euclidean distances (k1=20, k2=6, lambda=0.3).
+``--checkpoint``: our pretraining or fine-tuning checkpoint, an official SOLIDER / SOLIDER-REID /
+TAO one, or ``random`` (random weights, seeded); ``model.source=student`` takes the student of a
+pretraining checkpoint. ``histogram`` and ``pixels`` evaluate the hand-crafted baselines of
+:mod:`eval.handcrafted` (stripe colour histograms, downsampled pixels) for scale. The model is the
+Swin backbone (pooled last stage), built from the checkpoint's own ``config`` (else the architecture
+read off its weights; ``model.*`` keys override); see :func:`build_model_from_checkpoint`.
+``--data`` is a Market-1501 folder (or MSMT17 list files); the query and gallery splits are used.
+Writes to ``--out`` (``output_dir``): ``config.yaml``, ``metrics.json`` (fractions in [0, 1], CMC up
+to ``eval.max_rank``), ``features.npz`` (when features were extracted), ``distances.png`` (positive
+/ negative pair distances, side by side with ``--compare``), ``cmc.png`` and ``ranked.png`` (worst-
+AP queries; needs image paths). Defaults follow the Bag-of-Tricks test protocol: L2-normalised
+features, Euclidean distance, re-ranking on squared Euclidean distances (k1=20, k2=6, lambda=0.3).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from eval.features import SplitFeatures, extract_features, load_features, pairwise_distance, save_features
+from eval.handcrafted import BASELINES, build_baseline
 from eval.metrics import evaluate_features, evaluate_rank, resolve_device
 from eval.plots import (
     plot_cmc,
@@ -62,6 +66,8 @@ class ModelSection:
     img_size: tuple[int, int] | None = opt(None, "input height, width; None = the checkpoint's, else 256x128")
     semantic_weight: float | None = opt(None, "SOLIDER lambda at test time; None = the checkpoint's, else "
                                               "0.2 (SOLIDER-REID); negative = no controller")
+    source: Literal["teacher", "student"] = opt("teacher", "which network of a pretraining checkpoint "
+                                                           "(frozen-feature checks of both)")
 
 
 @dataclass
@@ -150,6 +156,12 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
     Returns:
         (model in eval mode, dict(img_size, mean, std, description)).
     """
+    if path in BASELINES:
+        img_size = tuple(_pick(cfg.model.img_size, (256, 128)))
+        mean, std = tuple(_pick(cfg.data.mean, IMAGENET_MEAN)), tuple(_pick(cfg.data.std, IMAGENET_STD))
+        return build_baseline(path, mean, std), {
+            "img_size": img_size, "mean": mean, "std": std,
+            "description": f"hand-crafted baseline '{path}' at {img_size[0]}x{img_size[1]}"}
     obj = None if path in (None, "random") else safe_load(path)
     if isinstance(obj, dict) and obj.get("kind") == "reid_finetune":
         from finetune.checkpoint import load_finetuned  # entry point: may use the fine-tuning package
@@ -186,7 +198,7 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
     torch.manual_seed(cfg.seed)
     model = build_swin(arch, img_size=img_size, semantic_weight=weight)
     if obj is not None:
-        load_backbone_weights(model, obj)
+        load_backbone_weights(model, obj, source=cfg.model.source)
     name = arch if isinstance(arch, str) else "custom Swin"
     settings = {"img_size": img_size, "mean": tuple(_pick(cfg.data.mean, ck_data.get("mean"), IMAGENET_MEAN)),
                 "std": tuple(_pick(cfg.data.std, ck_data.get("std"), IMAGENET_STD)),
@@ -284,6 +296,8 @@ def _label(source: str) -> str:
     (``runs/x/checkpoints/last.pt`` -> ``x/last.pt``)."""
     if source == "random":
         return "random weights"
+    if source in BASELINES:
+        return f"{source} (hand-crafted)"
     path = Path(source)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return f"{run.name}/{path.name}" if path.name in ("last.pt", "best.pt") and run.name else path.name
@@ -322,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_arg_parser(EvalConfig, __doc__.split("\n\n")[0], prog="eval/evaluate.py")
     parser.add_argument("--data", help="dataset root (sets data.root)")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="checkpoint file, or 'random' for random weights")
+    what.add_argument("--checkpoint", help="checkpoint file, 'random' for random weights, or a hand-crafted "
+                                           "baseline: 'histogram' (stripe colour histograms) or 'pixels'")
     what.add_argument("--features", help="a features .npz file (eval.features.save_features layout)")
     parser.add_argument("--rerank", action="store_true", help="also report re-ranked results")
     parser.add_argument("--compare", help="a second checkpoint or .npz, shown beside the first ('before')")

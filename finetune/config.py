@@ -67,6 +67,9 @@ class DataConfig:
     root: str | None = opt(None, "Market-format root (Market-1501, CUHK03 subset, ...) or MSMT17 root; "
                                  "None = the synthetic demo set, generated once into data.cache_dir")
     num_workers: int = opt(4, "data loader processes per training process", ge=0)
+    id_fraction: float = opt(1.0, "train on this share of the training identities (all their images), "
+                                  "chosen by data.id_seed: low-label experiments", gt=0, le=1)
+    id_seed: int | None = opt(None, "seed of the id_fraction subset; None = the run's seed", ge=0)
     cache_dir: str = opt(".cache/synthetic", "where the synthetic set is generated when root is None")
     synthetic_ids: int = opt(60, "synthetic set: identities (half train, half test)", gt=3)
     synthetic_images_per_camera: int = opt(4, "synthetic set: images per identity and camera", gt=0)

@@ -8,6 +8,8 @@ resumed run continues bit for bit).
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from solider.data.datasets import ReIDImageDataset
-from solider.data.market import MarketDataset, read_reid_dataset
+from solider.data.market import MarketDataset, ReIDRecord, read_reid_dataset
 from solider.data.sampler import PKBatchSampler
 from solider.data.transforms import ReIDTransform
 from solider.pretrain_data import synthetic_root
@@ -24,7 +26,7 @@ from solider.utils.seed import PerSampleSeeded
 
 logger = get_logger(__name__)
 
-__all__ = ["TrainData", "resolve_root", "build_train_data", "build_test_loader"]
+__all__ = ["TrainData", "resolve_root", "build_train_data", "build_test_loader", "subset_identities"]
 
 
 def resolve_root(root: str | None, cache_dir: str, synthetic_ids: int, images_per_camera: int) -> Path:
@@ -95,3 +97,24 @@ def load_dataset(root: Path, train: bool = True) -> MarketDataset:
         raise ValueError(f"{root}: the training split has {data.num_train_pids} identities; fine-tuning "
                          "needs at least 2")
     return data
+
+
+def subset_identities(data: MarketDataset, fraction: float, seed: int) -> MarketDataset:
+    """``data`` with the training split cut to ``round(fraction * N)`` identities (at least 2), all
+    their images, relabelled 0..M-1 in order of the old label; query and gallery unchanged.
+
+    The identities are a function of (N, fraction, seed) only, so every arm of a low-label study
+    trains on the same people for a given seed, and a smaller fraction's identities are a subset of
+    a larger one's (one shuffled order, cut at different lengths).
+    """
+    if fraction >= 1.0:
+        return data
+    labels = sorted({r.pid for r in data.train})
+    order = labels[:]
+    random.Random(seed).shuffle(order)
+    keep = sorted(order[:max(2, round(fraction * len(labels)))])
+    new = {old: i for i, old in enumerate(keep)}
+    train = [ReIDRecord(r.path, new[r.pid], r.camid, r.orig_pid) for r in data.train if r.pid in new]
+    logger.info("data.id_fraction=%g: training on %d of %d identities (%d of %d images; seed %d)",
+                fraction, len(keep), len(labels), len(train), len(data.train), seed)
+    return dataclasses.replace(data, train=train)

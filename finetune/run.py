@@ -27,7 +27,15 @@ from tqdm import tqdm
 
 from finetune.checkpoint import KIND, build_model, initialize_model
 from finetune.config import FinetuneConfig
-from finetune.data import TrainData, build_test_loader, build_train_data, describe, load_dataset, resolve_root
+from finetune.data import (
+    TrainData,
+    build_test_loader,
+    build_train_data,
+    describe,
+    load_dataset,
+    resolve_root,
+    subset_identities,
+)
 from finetune.evaluation import best_entry, evaluate_model, write_metrics
 from finetune.losses import CenterLoss, center_step
 from finetune.model import Embedder, ReIDModel
@@ -93,6 +101,9 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
         root = resolve_root(cfg.data.root, cfg.data.cache_dir, cfg.data.synthetic_ids,
                             cfg.data.synthetic_images_per_camera)
         data = load_dataset(root, train=not eval_only)
+    if not eval_only:
+        id_seed = cfg.seed if cfg.data.id_seed is None else cfg.data.id_seed
+        data = subset_identities(data, cfg.data.id_fraction, id_seed)
     logger.info("%s", describe(data, root))
     aug, pin = cfg.augment, device.type == "cuda"
     test_tf = build_reid_test_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation)
