@@ -30,10 +30,21 @@ def test_demo_quick_runs_every_stage_and_prints_the_table(tmp_path):
 def test_study_quick_runs_every_stage_and_resumes_without_rerunning(tmp_path, cuhk03_root):
     args = ("launch/study.py", "--quick", "--seeds", "0", "--data", str(cuhk03_root), "--out", str(tmp_path))
     first = _run(*args)
-    assert "FAIL" not in first and "study: 17 of 17 runs done" in first, first[-2000:]
+    assert "FAIL" not in first and "study: 26 of 26 runs done" in first, first[-2000:]
     table = (tmp_path / "results.md").read_text()
-    for row in ("| solider | 0.2 | 1 |", "| dino | 0.2 | 1 |", "| scratch | 0.2 | 1 |", "| solider | 1 | 1 |",
+    for row in ("| SOLIDER teacher | 1 |", "| DINO-only student | 1 |",
+                "| random initialisation (step 0) | 1 |", "| no pretraining | 1 |",
+                "| hue-saturation histograms, 6 stripes (hand-crafted) |",
+                "10 % of the training identities", "(c) Full fine-tuning",
                 "| keypoints (any network) |", "| clustering, teacher randomly initialised |"):
         assert row in table, row
     again = _run(*args)  # every run left study.json: nothing starts again
-    assert "start " not in again and "study: 17 of 17 runs done" in again
+    assert "start " not in again and "study: 26 of 26 runs done" in again
+
+
+def test_study_gpu_preset_runs_at_tiny_size_on_a_cpu(tmp_path, cuhk03_root):
+    """The GPU preset's plan and configs, shrunk by --quick to a tiny network and a few steps."""
+    out = _run("launch/study.py", "--preset", "gpu", "--quick", "--seeds", "0", "--stages", "pretrain",
+               "full", "--data", str(cuhk03_root), "--out", str(tmp_path))
+    assert "FAIL" not in out and "study: 8 of 8 runs done" in out, out[-2000:]
+    assert "| SOLIDER teacher | 1 |" in (tmp_path / "results.md").read_text()
