@@ -45,7 +45,7 @@ def read_json(path: Path) -> dict:
 def monitor_values(log_jsonl: Path) -> list[dict]:
     """The pretraining monitor's evaluations, in order."""
     rows = [json.loads(line) for line in log_jsonl.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "eval/mAP" in r]
+    return [r for r in rows if "eval/teacher/mAP" in r]
 
 
 def fmt(entry: dict | None) -> str:
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     print("Demo results on the synthetic Market-layout test split (query/gallery), in %")
     if monitor:
         first, last = monitor[0], monitor[-1]
-        print(f"pretraining monitor (teacher features, no labels): mAP {100 * first['eval/mAP']:.1f} at step "
-              f"{first['step']} -> {100 * last['eval/mAP']:.1f} at step {last['step']}")
+        for net in ("teacher", "student"):
+            before, after = (100 * r[f"eval/{net}/mAP"] for r in (first, last))
+            print(f"pretraining monitor ({net} features, no labels): mAP {before:.1f} at step "
+                  f"{first['step']} -> {after:.1f} at step {last['step']}")
     print(f"\n{'fine-tuned from':<20} {'before fine-tuning':>23}   {'after fine-tuning':>23}   {'time':>6}")
     print(f"{'':<20} {'R-1':>7} {'mAP':>7} {'mINP':>7}   {'R-1':>7} {'mAP':>7} {'mINP':>7}")
     for name, init in arms.items():
