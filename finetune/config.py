@@ -66,7 +66,8 @@ class ModelConfig(SwinArch):  # embed_dim, depths, num_heads, window_size; arch_
 class DataConfig:
     root: str | None = opt(None, "Market-format root (Market-1501, CUHK03 subset, ...) or MSMT17 root; "
                                  "None = the synthetic demo set, generated once into data.cache_dir")
-    num_workers: int = opt(4, "data loader processes per training process", ge=0)
+    num_workers: int | None = opt(None, "data loader processes per training process; None = from the "
+                                        "cores available to the process, min(4, cores - 1)", ge=0)
     cache_dir: str = opt(".cache/synthetic", "where the synthetic set is generated when root is None")
     synthetic_ids: int = opt(60, "synthetic set: identities (half train, half test)", gt=3)
     synthetic_images_per_camera: int = opt(4, "synthetic set: images per identity and camera", gt=0)

@@ -50,7 +50,9 @@ from finetune.checkpoint import load_finetuned
 from solider.data.images import ImageDecodeError, is_image_file, load_image_tensor
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import list_images
+from solider.utils.cli import reject_overrides, run_entry
 from solider.utils.logging import get_logger, log_skipped, setup_logging
+from solider.utils.summary import default_workers
 
 logger = get_logger("finetune.infer")
 
@@ -313,11 +315,6 @@ def _summary(result: InferenceResult, files: list[Path], skipped_file: Path | No
     return line
 
 
-def _default_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(4, cpus)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="finetune/infer.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -331,9 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of the model (PyTorch and onnxruntime); 0: the libraries' "
                              "default. On a busy CPU 1 can be several times faster (docs/INFERENCE.md)")
-    parser.add_argument("--num-workers", type=int, default=_default_workers(),
-                        help="image decoding processes (default: min(4, CPUs); 0: in the main process)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--num-workers", type=int, default=default_workers(),
+                        help="image decoding processes (default: min(4, cores - 1); 0: in the main process)")
+    args = reject_overrides(parser, argv)  # flags only, in any order: there is no config schema here
     if args.batch_size < 1 or args.num_workers < 0 or args.threads < 0:
         parser.error("--batch-size must be >= 1, --num-workers and --threads >= 0")
     if Path(args.out).suffix not in (".json", ".npy"):
@@ -359,4 +356,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "finetune/infer.py")

@@ -4,8 +4,10 @@ the semantic controller.
     accelerate launch solider/pretrain.py [--config configs/pretrain/swin_tiny.yaml] [key=value ...]
     python solider/pretrain.py                       # one process; the demo config on synthetic data
 
-With no arguments it runs ``configs/pretrain/demo.yaml`` (a tiny Swin on the synthetic set, minutes
-on a CPU). Outputs in ``output_dir``: ``config.yaml``, ``log.jsonl``, ``tb/`` (TensorBoard),
+Without ``--config`` it runs ``configs/pretrain/demo.yaml`` (a tiny Swin on the synthetic set, minutes
+on a CPU), with any ``key=value`` overrides applied to it; the official recipe is always
+``--config configs/pretrain/swin_tiny.yaml``. Options and overrides may come in any order.
+Outputs in ``output_dir``: ``config.yaml``, ``log.jsonl``, ``tb/`` (TensorBoard),
 ``checkpoints/{last.pt,step_*.pt}``. ``resume=auto`` continues bit-exactly (on CPU) from the newest
 checkpoint. See docs/PRETRAINING.md.
 """
@@ -43,6 +45,7 @@ from solider.pretrain_data import (
 from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import cosine_schedule, scale_lr
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
+from solider.utils.cli import parse_args, resolve_base_config, run_entry
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import (
@@ -51,12 +54,14 @@ from solider.utils.seed import (
     restore_rng_state,
     seed_everything,
 )
+from solider.utils.summary import EtaLogger, default_workers, pretrain_summary, progress_enabled
 from solider.utils.tracking import RunLogger
 from solider.utils.training import check_finite
 from solider.utils.visualize import part_overlay_grid
 
 logger = get_logger("solider.pretrain")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo.yaml"
+OFFICIAL_CONFIG = "configs/pretrain/swin_tiny.yaml"
 
 
 def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
@@ -101,8 +106,9 @@ def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str
                              f"unexpected {unexpected[:5]})")
         logger.info("init: student and teacher from %s%s", path, " (new part head)" if missing else "")
         return
-    for net in (student, teacher):
-        logger.info("init: %s", load_backbone_weights(net.backbone, path))
+    report = load_backbone_weights(student.backbone, state, name=path, log=False)
+    load_backbone_weights(teacher.backbone, state, name=path, log=False)
+    logger.info("init (student and teacher backbones): %s", report)
 
 
 def build_optimizer(cfg: PretrainConfig, student: MultiCropNet) -> torch.optim.Optimizer:
@@ -191,13 +197,14 @@ def _memory_mb(device: torch.device) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_arg_parser(PretrainConfig, __doc__, prog="solider/pretrain.py")
-    args = parser.parse_args(argv)
-    if args.config is None and not args.overrides and DEMO_CONFIG.is_file():
-        args.config = str(DEMO_CONFIG)
+    args = parse_args(parser, argv)
+    args.config_source = resolve_base_config(args, DEMO_CONFIG, OFFICIAL_CONFIG)
     cfg = config_from_args(PretrainConfig, args)
     output_dir = Path(cfg.output_dir)
     accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)
     setup_logging(accelerator.is_main_process)
+    if cfg.train.cpu_threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg.train.cpu_threads)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
     device, world = accelerator.device, accelerator.num_processes
     if accelerator.is_main_process:
@@ -224,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   accelerator.process_index, world)
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+    workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
     monitor_root = cfg.monitor.data_root or source.market_root
     monitor = (monitor_datasets(monitor_split(monitor_root, cfg.monitor.max_images), cfg.model.img_size,
@@ -257,6 +265,15 @@ def main(argv: list[str] | None = None) -> dict:
     del resumed  # its weights and optimizer state are in the networks now; do not hold a second copy
     first_step = step
     stop = min(sched["total"], cfg.train.max_steps or sched["total"])
+    if accelerator.is_main_process:
+        kpts = dataset.dataset.keypoints
+        text, warning = pretrain_summary(
+            cfg, args.config_source, unwrapped, teacher, len(dataset), source.images,
+            None if kpts is None else sum(k is not None for k in kpts) / max(len(kpts), 1), device,
+            accelerator.mixed_precision, world, workers, spe, stop, step)
+        logger.info("%s", text)
+        if warning:
+            logger.warning("%s", warning)
     run = RunLogger(accelerator, output_dir, to_dict(cfg))
     settings = semantic_settings(cfg)
     if accelerator.is_main_process:
@@ -265,7 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
         run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=0)
 
     # ---- loop
-    progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, desc="pretrain")
+    progress = tqdm(total=stop, initial=step, disable=not progress_enabled(accelerator.is_main_process),
+                    desc="pretrain")
+    eta = EtaLogger(logger, "pretrain", step, stop, accelerator.is_main_process)
     last_log, tic = step, time.perf_counter()
     data_time = 0.0
     student.train()
@@ -294,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ema_update_(getattr(teacher, name), getattr(unwrapped, name), float(sched["momentum"][step]))
             step += 1
             progress.update(1)
+            eta.update(step)
 
             if step % cfg.train.log_every == 0 or step == stop:
                 values = {f"train/{k}": v for k, v in result.metrics.items()}
@@ -350,4 +370,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "solider/pretrain.py")

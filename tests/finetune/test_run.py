@@ -5,6 +5,7 @@ checkpoints), --eval-only, --init from pretraining and official checkpoints, bit
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -76,7 +77,7 @@ def _pretraining_checkpoint(path, backbone) -> None:
 
 
 @pytest.mark.parametrize("source", ["teacher", "student", "official"])
-def test_init_from_pretraining_and_official_checkpoints(source, tiny_market, tmp_path):
+def test_init_from_pretraining_and_official_checkpoints(source, tiny_market, tmp_path, caplog):
     torch.manual_seed(3)
     backbone = build_backbone({"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7})
     for p in backbone.parameters():
@@ -87,8 +88,15 @@ def test_init_from_pretraining_and_official_checkpoints(source, tiny_market, tmp
     else:
         _pretraining_checkpoint(ckpt, backbone)
     extra = [f"init.source={source}"] if source == "student" else []
-    main(["--init", str(ckpt), *tiny_args(tiny_market, tmp_path / "run", "train.max_steps=1", "optim.lr=1e-9",
-                                          "train.epochs=1", "model.drop_path_rate=0", *extra)])
+    with caplog.at_level(logging.INFO):
+        main(["--init", str(ckpt), *tiny_args(tiny_market, tmp_path / "run", "train.max_steps=1",
+                                              "optim.lr=1e-9", "train.epochs=1", "model.drop_path_rate=0",
+                                              *extra)])
+    # the backbone's load report appears once, inside the init report, naming the file
+    assert caplog.text.count("backbone tensors") == 1 and "<state dict>" not in caplog.text
+    assert f"{ckpt}: " in caplog.text
+    assert "fine-tuning run:" in caplog.text and "GFLOP per 64x32 image" in caplog.text
+    assert "8 per process (P x K = 4 x 2), 8 global" in caplog.text
     loaded = safe_load(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     shift = 1.0 if source == "student" else 0.0
     for key in ("patch_embed.projection.weight", "stages.1.blocks.1.attn.w_msa.qkv.weight", "norm1.weight"):
