@@ -48,7 +48,7 @@ from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reid_test
 from solider.models.swin import build_swin
 from solider.utils.cli import parse_args, run_entry
 from solider.utils.logging import get_logger, setup_logging
-from solider.utils.summary import default_workers, format_summary, measure_image_cost
+from solider.utils.summary import default_workers, format_summary, measure_image_cost, progress_enabled
 
 log = get_logger("eval.evaluate")
 
@@ -226,7 +226,8 @@ def _extract(source: str, cfg: EvalConfig, device: torch.device) -> tuple[SplitF
     for name, records in (("query", dataset.query), ("gallery", dataset.gallery)):
         loader = DataLoader(ReIDImageDataset(records, transform, on_error="raise"), cfg.data.batch_size,
                             shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
-        out = extract_features(model, loader, device, flip=cfg.eval.flip, normalize=False, desc=name)
+        out = extract_features(model, loader, device, flip=cfg.eval.flip, normalize=False, desc=name,
+                               progress=progress_enabled(True))
         paths = np.array([records[i].path for i in out["index"]])
         splits.append(SplitFeatures(out["feats"], out["pids"], out["camids"], paths))
     return splits[0], splits[1], s["description"] + f", mean {s['mean']}, std {s['std']}"
@@ -278,8 +279,10 @@ def _plots(models: dict[str, tuple[SplitFeatures, SplitFeatures, dict]], cfg: Ev
         pairs[label] = sample_pair_distances(qf, gf, q.pids, g.pids, q.camids, g.camids, cfg.eval.metric,
                                              cfg.plots.max_pairs)
         curves.update({label + suffix: r["cmc"] for suffix, r in scores.items()})
-    plot_distance_distributions(pairs, out / "distances.png", xlabel=f"{cfg.eval.metric} distance")
-    plot_cmc(curves, out / "cmc.png", max_rank=min(cfg.eval.max_rank, 50))
+    features = f"{'L2-normalised' if cfg.eval.normalize else 'raw'} features, {cfg.eval.metric} distance"
+    plot_distance_distributions(pairs, out / "distances.png", xlabel=f"{cfg.eval.metric} distance",
+                                title=f"query-gallery pair distances ({features})")
+    plot_cmc(curves, out / "cmc.png", max_rank=min(cfg.eval.max_rank, 50), title=f"CMC ({features})")
     q, g, scores = list(models.values())[-1]
     if q.paths is None or g.paths is None:
         log.warning("no image paths in the features: ranked.png skipped")
@@ -289,7 +292,9 @@ def _plots(models: dict[str, tuple[SplitFeatures, SplitFeatures, dict]], cfg: Ev
         rows = pairwise_distance(_prepare(q, cfg.eval.normalize)[chosen], _prepare(g, cfg.eval.normalize),
                                  cfg.eval.metric).numpy()
         plot_ranked_lists(rows, chosen, list(q.paths), list(g.paths), q.pids, g.pids, q.camids, g.camids,
-                          out / "ranked.png", topk=cfg.plots.topk)
+                          out / "ranked.png", topk=cfg.plots.topk,
+                          title=f"{list(models)[-1]}: the {len(chosen)} worst queries by AP, ranked by "
+                                f"{features}; green = same identity")
 
 
 def _label(source: str) -> str:

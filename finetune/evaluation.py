@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.features import extract_features
+from eval.features import extract_features, pairwise_distance
 from eval.metrics import evaluate_features, evaluate_rank
+from eval.plots import plot_ranked_lists, worst_queries
 from eval.rerank import k_reciprocal_rerank_features
 
 __all__ = ["rank_metrics", "evaluate_model", "write_metrics", "best_entry"]
@@ -37,7 +38,8 @@ def rank_metrics(result: dict, prefix: str = "") -> dict[str, float]:
 def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: torch.device,
                    metric: str = "euclidean", flip: bool = False, rerank: dict | None = None,
                    max_rank: int = 50, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   is_main_process: bool = True, progress: bool = True) -> dict[str, float] | None:
+                   is_main_process: bool = True, progress: bool = True,
+                   ranked: dict | None = None) -> dict[str, float] | None:
     """Extract query and gallery features (all processes) and score them (main process).
 
     Args:
@@ -50,6 +52,8 @@ def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: to
         max_rank: CMC length.
         gather: ``accelerator.gather`` with several processes (features are de-duplicated by index).
         is_main_process: only the main process computes the metrics; the others return None.
+        ranked: None, or ``{"path": PNG, "queries": n, "title": str}`` to plot the ``n`` worst-AP
+            queries' ranked lists (``eval.plots.plot_ranked_lists``).
 
     Returns:
         ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_query", "num_gallery"}`` (+ ``rerank_*``).
@@ -64,12 +68,25 @@ def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: to
                                metric=metric, max_rank=max_rank)
     out = rank_metrics(result)
     out.update(num_query=len(q["feats"]), num_gallery=len(g["feats"]))
+    if ranked is not None and ranked["queries"] > 0:
+        _plot_ranked(q, g, query_loader.dataset, gallery_loader.dataset, result["all_AP"], metric, ranked)
     if rerank is not None:
         dist = k_reciprocal_rerank_features(q["feats"], g["feats"], rerank["k1"], rerank["k2"],
                                             rerank["lambda_value"], metric="euclidean")
         out.update(rank_metrics(evaluate_rank(dist, q["pids"], g["pids"], q["camids"], g["camids"],
                                               max_rank=max_rank), prefix="rerank_"))
     return out
+
+
+def _plot_ranked(q: dict, g: dict, q_data, g_data, all_ap: np.ndarray, metric: str, ranked: dict) -> None:
+    """The ranked lists of the worst-AP queries, on the features the metrics were computed from."""
+    chosen = worst_queries(all_ap, ranked["queries"])
+    if not len(chosen):
+        return
+    rows = pairwise_distance(q["feats"][chosen], g["feats"], metric).numpy()
+    plot_ranked_lists(rows, chosen, [q_data.records[i].path for i in q["index"]],
+                      [g_data.records[i].path for i in g["index"]], q["pids"], g["pids"], q["camids"],
+                      g["camids"], ranked["path"], topk=8, title=ranked.get("title"))
 
 
 def best_entry(history: list[dict], key: str = "mAP") -> dict | None:

@@ -52,7 +52,7 @@ from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import list_images
 from solider.utils.cli import reject_overrides, run_entry
 from solider.utils.logging import get_logger, log_skipped, setup_logging
-from solider.utils.summary import default_workers
+from solider.utils.summary import default_workers, progress_enabled
 
 logger = get_logger("finetune.infer")
 
@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
     embedder = open_model(args.model, args.device, args.normalize, args.threads)
     paths = list_inputs(args.images)
     logger.info("%d images from %s; model: %s", len(paths), args.images, embedder.description)
-    result = embed_images(embedder, paths, args.batch_size, args.normalize, args.num_workers)
+    result = embed_images(embedder, paths, args.batch_size, args.normalize, args.num_workers,
+                          progress=progress_enabled(True))
     files = write_embeddings(args.out, result.paths, result.embeddings)
     skipped_file = _sidecar(Path(args.out), ".skipped.txt")
     if result.skipped:

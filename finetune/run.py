@@ -22,8 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
+from PIL import Image
 from tqdm import tqdm
 
 from finetune.checkpoint import KIND, build_model, initialize_model
@@ -56,6 +58,7 @@ from solider.utils.training import (
     peak_memory_mb,
     restore_rng_states,
 )
+from solider.utils.visualize import labelled_grid
 
 logger = get_logger("finetune.run")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
@@ -206,10 +209,15 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     acc = run.accelerator
     e = cfg.eval
     broadcast_buffers(acc, run.unwrapped)  # each process's BNNeck statistics drifted with its own batches
+    ranked_png = Path(cfg.output_dir) / "ranked.png"
+    ranked = {"path": ranked_png, "queries": e.ranked_queries,
+              "title": f"{cfg.model.arch} after {step} steps ({cfg.output_dir}): worst queries by AP, "
+                       f"{e.metric} distance; green = same identity"}
     metrics = evaluate_model(Embedder(run.unwrapped), run.query_loader, run.gallery_loader, acc.device,
                              e.metric, e.flip, {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value}
                              if e.rerank else None, e.max_rank, acc.gather if acc.num_processes > 1 else None,
-                             acc.is_main_process)
+                             acc.is_main_process, progress=progress_enabled(acc.is_main_process),
+                             ranked=ranked)
     spe = run.train.steps_per_epoch if run.train is not None else None
     entry = {"epoch": round(step / spe, 4) if spe else None, "step": step}
     if metrics is None:  # not the main process: keep the same history length for the same decisions
@@ -219,6 +227,9 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     previous_best = best_entry(history)
     history.append(entry)
     tracker.log({f"eval/{k}": v for k, v in metrics.items() if not k.startswith("num_")}, step=step)
+    if e.ranked_queries and ranked_png.is_file():
+        with Image.open(ranked_png) as image:
+            tracker.log_image("eval/ranked_list", np.asarray(image.convert("RGB")), step)
     write_metrics(Path(cfg.output_dir) / "metrics.json", history)
     logger.info("evaluation at step %d: mAP %.4f  Rank-1 %.4f  Rank-5 %.4f  Rank-10 %.4f  mINP %.4f", step,
                 entry["mAP"], entry["rank1"], entry["rank5"], entry["rank10"], entry["mINP"])
@@ -241,6 +252,13 @@ def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, st
                    "train/memory_mb": peak_memory_mb(run.accelerator.device)})
     tracker.log(values, step=step)
     progress.set_postfix(loss=f"{values['train/loss']:.3f}", acc=f"{values['train/id_acc']:.2f}")
+
+
+def log_batch_grid(cfg: FinetuneConfig, tracker: RunLogger, batch: dict, step: int) -> None:
+    k = cfg.train.num_instances
+    grid = labelled_grid(batch["image"], [f"id {int(p)}" for p in batch["pid"]], cfg.augment.mean,
+                         cfg.augment.std, columns=k)
+    tracker.log_image("train/pk_batch", grid, step)
 
 
 def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker: RunLogger,
@@ -267,6 +285,8 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
         run.train.dataset.set_epoch(epoch)
         lr = set_epoch_lr(run.optimizer, run.schedule, epoch + 1)
         for batch in run.train.loader:
+            if step == first:  # what the model is fed: P identities (rows) x K images, augmented
+                log_batch_grid(cfg, tracker, batch, step)
             metrics = train_step(cfg, run, batch, step)
             step += 1
             progress.update(1)

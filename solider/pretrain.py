@@ -332,11 +332,14 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log(values, step=step)
                 progress.set_postfix(loss=f"{values['train/loss']:.3f}")
                 last_log, tic, data_time = step, time.perf_counter(), 0.0
-            if cfg.train.image_every and step % cfg.train.image_every == 0 and result.parts is not None:
+            # the first batch (at its own step, 0 for a fresh run), every image_every steps, the last
+            first, periodic = step == first_step + 1, step % max(cfg.train.image_every, 1) == 0
+            if cfg.train.image_every and result.parts is not None and (first or periodic or step == stop):
                 g = batch["global_crops"][:, 0]
                 n = g.shape[0]
                 run.log_image("train/part_labels", part_overlay_grid(
-                    g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std), step)
+                    g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std,
+                    num_parts=cfg.semantic.num_parts), step - 1 if first else step)
             if step % cfg.checkpoint.every_steps == 0:
                 checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
                                                   step, step / spe), step, periodic=True)

@@ -112,7 +112,8 @@ class TrainConfig:
         "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
     compile: bool = opt(False, "torch.compile the student and teacher backbones")
     log_every: int = opt(10, "steps between scalar logs", gt=0)
-    image_every: int = opt(500, "steps between crop/part-label images in TensorBoard; 0 disables", ge=0)
+    image_every: int = opt(500, "steps between crop/part-label images in TensorBoard (also of the first and "
+                                "the last batch); 0 disables", ge=0)
     deterministic: bool = opt(False, "ask torch for deterministic kernels (CPU runs are exact anyway)")
     cpu_threads: int = opt(0, "torch threads per process when running on the CPU; 0 = torch's default. "
                               "1 suits the tiny demo model on a small or shared CPU", ge=0)

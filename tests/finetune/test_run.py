@@ -29,12 +29,18 @@ def test_training_raises_map_and_writes_every_output(tiny_run):
     assert {"rank1", "rank5", "rank10", "mINP", "num_query", "num_gallery"} <= set(final)
     assert result["metrics"] == final
 
-    events = EventAccumulator(str(out / "tb"))
+    events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/id_loss", "train/triplet_loss", "train/lr", "train/id_acc", "train/d_ap",
             "train/d_an", "train/active_triplets", "eval/mAP", "eval/rank1", "eval/mINP"} <= tags
     assert [e.step for e in events.Scalars("eval/mAP")] == [0, 32, 64]
+    # images: the first P x K batch (4 identities x 2 images, captioned) and a ranked list per evaluation
+    (batch,) = events.Images("train/pk_batch")
+    assert batch.step == 0 and batch.height > 4 * 64 and batch.width == 2 * 32
+    assert [e.step for e in events.Images("eval/ranked_list")] == [0, 32, 64]
+    assert (out / "ranked.png").is_file()
+    assert [p.name for p in (out / "tb").iterdir() if p.is_dir()] == []  # no timestamp-named runs
 
     last, best = safe_load(out / "checkpoints" / "last.pt"), safe_load(out / "checkpoints" / "best.pt")
     assert last["kind"] == best["kind"] == KIND and last["step"] == 64 and last["num_classes"] == 8

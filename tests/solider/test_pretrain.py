@@ -64,6 +64,10 @@ def test_end_to_end_outputs_and_layout(tiny_market, tmp_path, caplog):
                 "train/data_time_share", "train/memory_mb", "eval/mAP", "eval/rank1", "eval/mINP"):
         assert tag in scalars, tag
     assert "train/part_labels" in events.Tags()["images"]
+    # the first batch (step 0), every train.image_every=2 steps, and the end (step 3), with a legend
+    images = events.Images("train/part_labels")
+    assert [e.step for e in images] == [0, 2, 3] and images[0].height > 64
+    assert [p.name for p in (out / "tb").iterdir() if p.is_dir()] == []  # no timestamp-named runs
 
     # the teacher backbone loads strictly in the backbone loader, also after an official export
     model = build_swin(TINY, img_size=(64, 32))
