@@ -1,10 +1,11 @@
 """The fine-tuning config schema: every key of ``finetune/run.py`` with its default and advice.
 
-Defaults are the SOLIDER-REID recipe for Swin-T on Market-1501 (docs/reference/solider.md §5:
-384x128, SGD 8e-4 with bias lr x2, 20 warmup epochs then cosine over 120, soft-margin triplet, no
-label smoothing, no center loss, mean/std 0.5, timm "pixel" random erasing, test feature before BN,
-L2-normalised). ``configs/finetune/{solider_reid,bot,tao}.yaml`` spell out each recipe in full, so
-one YAML file plus ``key=value`` overrides is all a run needs (docs/FINETUNING.md).
+Defaults are the SOLIDER-REID recipe for Swin-T on Market-1501 (the SOLIDER-REID repository's
+Swin-T Market-1501 configuration: 384x128, SGD 8e-4 with bias lr x2, 20 warmup epochs then cosine
+over 120, soft-margin triplet, no label smoothing, no center loss, mean/std 0.5, timm "pixel" random
+erasing, test feature before BN, L2-normalised). ``configs/finetune/{solider_reid,bot,tao}.yaml``
+spell out each recipe in full, so one YAML file plus ``key=value`` overrides is all a run needs
+(docs/FINETUNING.md).
 """
 
 from __future__ import annotations
