@@ -45,11 +45,23 @@ def test_overrides_without_config_apply_to_the_demo_config(capsys):
     assert ft["train"]["max_steps"] == 5 and ft["init"]["path"] is None
 
 
-def _entry(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    environ.pop("SOLIDER_DEBUG", None) if "SOLIDER_DEBUG" not in env else None
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+def _entry(args: list[str], cwd: Path = ROOT, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "SOLIDER_DEBUG"}
+    environ.update(OMP_NUM_THREADS="1", **env)
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=environ)
+
+
+@pytest.mark.slow
+def test_one_override_without_config_is_a_short_cpu_run(tmp_path):
+    # the rule of issue 16: any override without --config finishes a 1-step run on a small CPU in
+    # minutes (it used to build the 65,536-prototype Swin-T recipe and be killed for memory)
+    done = _entry([str(ROOT / "solider" / "pretrain.py"), "train.max_steps=1",
+                   f"output_dir={tmp_path / 'run'}", f"data.cache_dir={ROOT / '.cache' / 'synthetic'}"],
+                  cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "configs/pretrain/demo.yaml (the demo: no --config given" in done.stderr
+    assert "GPU-sized" not in done.stderr and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
 def test_a_config_typo_is_one_line_without_traceback():
