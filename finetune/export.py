@@ -41,7 +41,7 @@ from torch import nn
 
 from finetune.checkpoint import load_finetuned, preprocessing
 from finetune.model import Embedder
-from solider.utils.cli import reject_overrides, run_entry
+from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, setup_logging
 
 logger = get_logger("finetune.export")
@@ -130,10 +130,13 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fp16: bool = F
     parity figures. Raises RuntimeError when the ONNX output differs by more than ``atol``."""
     out = Path(out)
     if out.suffix != ".onnx":
-        raise ValueError(f"--out {out}: expected a path ending in .onnx")
+        raise UserError(f"--out {out}: expected a path ending in .onnx")
     model, cfg, _ = load_finetuned(checkpoint)
     embedder = Embedder(model).eval()
     img_size = tuple(cfg.model.img_size)
+    logger.info("export: %s (%s at %dx%d, %d-d embedding, %.2f M parameters) -> %s, opset %d, %s", checkpoint,
+                cfg.model.arch, *img_size, model.feat_dim, sum(p.numel() for p in model.parameters()) / 1e6,
+                out, opset, "float16" if fp16 else "float32")
     meta = preprocessing(cfg, model.feat_dim)
     meta.update(precision="fp16" if fp16 else "fp32", checkpoint=str(checkpoint))
     # The float32 model stays the reference (and the saved weights); --fp16 casts a copy.

@@ -50,7 +50,7 @@ from finetune.checkpoint import load_finetuned
 from solider.data.images import ImageDecodeError, is_image_file, load_image_tensor
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import list_images
-from solider.utils.cli import reject_overrides, run_entry
+from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, log_skipped, setup_logging
 from solider.utils.summary import default_workers, progress_enabled
 
@@ -110,7 +110,7 @@ def _read_onnx_meta(path: Path) -> dict:
     meta = json.loads(meta_path.read_text())
     missing = [k for k in ONNX_META_KEYS if k not in meta]
     if missing or meta.get("layout", "NCHW") != "NCHW" or meta.get("color", "RGB") != "RGB":
-        raise ValueError(f"{meta_path}: expected the keys {list(ONNX_META_KEYS)} (missing {missing}), "
+        raise UserError(f"{meta_path}: expected the keys {list(ONNX_META_KEYS)} (missing {missing}), "
                          f"layout NCHW and color RGB (got {meta.get('layout')}, {meta.get('color')})")
     return meta
 
@@ -171,7 +171,7 @@ def open_model(path: str | os.PathLike, device: str = "auto", normalize: bool = 
     if str(path).endswith(".onnx"):
         embedder = OnnxEmbedder(path, device, threads)
         if embedder.normalized and not normalize:
-            raise ValueError(f"{path} L2-normalises inside the graph (normalized: true in its JSON), so "
+            raise UserError(f"{path} L2-normalises inside the graph (normalized: true in its JSON), so "
                              "--no-normalize cannot give the raw feature: run the checkpoint instead, or "
                              "export a model trained with model.test_norm=false")
         return embedder
@@ -276,14 +276,14 @@ def write_embeddings(out: str | os.PathLike, paths: list[str], embeddings: np.nd
         return [out]
     if out.suffix == ".npy":
         if any("\n" in p or "\r" in p for p in paths):
-            raise ValueError("an image path contains a line break: write .json instead of .npy + paths.txt")
+            raise UserError("an image path contains a line break: write .json instead of .npy + paths.txt")
         names = _sidecar(out, ".paths.txt")
         tmp = out.with_name(out.stem + ".tmp.npy")
         np.save(tmp, np.ascontiguousarray(embeddings, dtype=np.float32))
         os.replace(tmp, out)
         _atomic_write_text(names, "".join(p + "\n" for p in paths))
         return [out, names]
-    raise ValueError(f"--out {out}: expected a file name ending in .json or .npy")
+    raise UserError(f"--out {out}: expected a file name ending in .json or .npy")
 
 
 def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:

@@ -45,7 +45,7 @@ from solider.pretrain_data import (
 from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import cosine_schedule, scale_lr
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
-from solider.utils.cli import parse_args, resolve_base_config, run_entry
+from solider.utils.cli import UserError, parse_args, resolve_base_config, run_entry
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import (
@@ -102,7 +102,7 @@ def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str
         teacher.load_state_dict(strip(state["teacher"]))
         missing, unexpected = student.load_state_dict(strip(state["student"]), strict=False)
         if unexpected or any(not k.startswith("part_head.") for k in missing):
-            raise ValueError(f"init={path}: student weights do not fit (missing {missing[:5]}, "
+            raise UserError(f"init={path}: student weights do not fit (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
         logger.info("init: student and teacher from %s%s", path, " (new part head)" if missing else "")
         return
