@@ -163,8 +163,8 @@ class EvalConfig:
     k2: int = opt(6, "re-ranking k2", gt=0)
     lambda_value: float = opt(0.3, "re-ranking weight of the original distance", ge=0, le=1)
     max_rank: int = opt(50, "length of the CMC curve", gt=0)
-    ranked_queries: int = opt(6, "rows (the worst-AP queries) of the ranked-list grid written to ranked.png "
-                                 "and TensorBoard at each evaluation; 0 = none", ge=0)
+    ranked_queries: int = opt(6, "rows (the worst-AP queries) of the ranked-list grid logged to TensorBoard "
+                                 "at each evaluation; 0 = none", ge=0)
 
 
 @dataclass

@@ -20,8 +20,8 @@ from torch import nn
 
 from eval.features import extract_features, pairwise_distance
 from eval.metrics import evaluate_features, evaluate_rank
-from eval.plots import plot_ranked_lists, worst_queries
 from eval.rerank import k_reciprocal_rerank_features
+from solider.utils.visualize import ranked_grid
 
 __all__ = ["rank_metrics", "evaluate_model", "write_metrics", "best_entry"]
 
@@ -52,8 +52,8 @@ def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: to
         max_rank: CMC length.
         gather: ``accelerator.gather`` with several processes (features are de-duplicated by index).
         is_main_process: only the main process computes the metrics; the others return None.
-        ranked: None, or ``{"path": PNG, "queries": n, "title": str}`` to plot the ``n`` worst-AP
-            queries' ranked lists (``eval.plots.plot_ranked_lists``).
+        ranked: None, or ``{"queries": n, "title": str}``: the main process adds ``"image"``, a
+            (3, H, W) grid of the ``n`` worst-AP queries' ranked lists (for TensorBoard).
 
     Returns:
         ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_query", "num_gallery"}`` (+ ``rerank_*``).
@@ -69,7 +69,10 @@ def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: to
     out = rank_metrics(result)
     out.update(num_query=len(q["feats"]), num_gallery=len(g["feats"]))
     if ranked is not None and ranked["queries"] > 0:
-        _plot_ranked(q, g, query_loader.dataset, gallery_loader.dataset, result["all_AP"], metric, ranked)
+        rows = _ranked_rows(q, g, query_loader.dataset, gallery_loader.dataset, result["all_AP"], metric,
+                            ranked["queries"])
+        if rows:
+            ranked["image"] = ranked_grid(rows, ranked.get("title", ""))
     if rerank is not None:
         dist = k_reciprocal_rerank_features(q["feats"], g["feats"], rerank["k1"], rerank["k2"],
                                             rerank["lambda_value"], metric="euclidean")
@@ -78,15 +81,21 @@ def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: to
     return out
 
 
-def _plot_ranked(q: dict, g: dict, q_data, g_data, all_ap: np.ndarray, metric: str, ranked: dict) -> None:
-    """The ranked lists of the worst-AP queries, on the features the metrics were computed from."""
-    chosen = worst_queries(all_ap, ranked["queries"])
-    if not len(chosen):
-        return
-    rows = pairwise_distance(q["feats"][chosen], g["feats"], metric).numpy()
-    plot_ranked_lists(rows, chosen, [q_data.records[i].path for i in q["index"]],
-                      [g_data.records[i].path for i in g["index"]], q["pids"], g["pids"], q["camids"],
-                      g["camids"], ranked["path"], topk=8, title=ranked.get("title"))
+def _ranked_rows(q: dict, g: dict, q_data, g_data, all_ap: np.ndarray, metric: str, queries: int,
+                 topk: int = 8) -> list:
+    """The ``queries`` worst-AP queries and their top-k gallery images (same-camera matches excluded,
+    as the evaluation excludes them), for :func:`solider.utils.visualize.ranked_grid`."""
+    valid = np.flatnonzero(~np.isnan(all_ap))
+    chosen = valid[np.argsort(all_ap[valid], kind="stable")[:queries]]
+    rows = []
+    for qi in chosen:
+        d = pairwise_distance(q["feats"][qi : qi + 1], g["feats"], metric)[0]
+        order = torch.sort(d, stable=True).indices.numpy()  # the evaluation's tie rule
+        junk = (g["pids"][order] == q["pids"][qi]) & (g["camids"][order] == q["camids"][qi])
+        ranked = [(g_data.records[g["index"][j]].path, bool(g["pids"][j] == q["pids"][qi]),
+                   f"#{r + 1} {float(d[j]):.2f}") for r, j in enumerate(order[~junk][:topk])]
+        rows.append((q_data.records[q["index"][qi]].path, ranked))
+    return rows
 
 
 def best_entry(history: list[dict], key: str = "mAP") -> dict | None:

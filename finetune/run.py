@@ -22,10 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from PIL import Image
 from tqdm import tqdm
 
 from finetune.checkpoint import KIND, build_model, initialize_model
@@ -209,10 +207,9 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     acc = run.accelerator
     e = cfg.eval
     broadcast_buffers(acc, run.unwrapped)  # each process's BNNeck statistics drifted with its own batches
-    ranked_png = Path(cfg.output_dir) / "ranked.png"
-    ranked = {"path": ranked_png, "queries": e.ranked_queries,
-              "title": f"{cfg.model.arch} after {step} steps ({cfg.output_dir}): worst queries by AP, "
-                       f"{e.metric} distance; green = same identity"}
+    ranked = {"queries": e.ranked_queries,
+              "title": f"{cfg.model.arch}, step {step}: worst queries by AP, {e.metric} distance; "
+                       "green = same identity"}
     metrics = evaluate_model(Embedder(run.unwrapped), run.query_loader, run.gallery_loader, acc.device,
                              e.metric, e.flip, {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value}
                              if e.rerank else None, e.max_rank, acc.gather if acc.num_processes > 1 else None,
@@ -227,9 +224,8 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     previous_best = best_entry(history)
     history.append(entry)
     tracker.log({f"eval/{k}": v for k, v in metrics.items() if not k.startswith("num_")}, step=step)
-    if e.ranked_queries and ranked_png.is_file():
-        with Image.open(ranked_png) as image:
-            tracker.log_image("eval/ranked_list", np.asarray(image.convert("RGB")), step)
+    if "image" in ranked:
+        tracker.log_image("eval/ranked_list", ranked["image"], step)
     write_metrics(Path(cfg.output_dir) / "metrics.json", history)
     logger.info("evaluation at step %d: mAP %.4f  Rank-1 %.4f  Rank-5 %.4f  Rank-10 %.4f  mINP %.4f", step,
                 entry["mAP"], entry["rank1"], entry["rank5"], entry["rank10"], entry["mINP"])

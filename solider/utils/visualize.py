@@ -103,3 +103,37 @@ def labelled_grid(images: torch.Tensor, labels: Sequence[str], mean: Sequence[fl
         rows.append(torch.cat(cells, dim=2))
     grid = torch.cat(rows, dim=1)
     return torch.cat([_text_strip(grid.shape[2], [(title, None)]), grid], dim=1) if title else grid
+
+
+FRAME = {"query": (60, 110, 240), "match": (40, 170, 60), "other": (220, 50, 50)}
+
+
+def ranked_grid(rows: Sequence[tuple[str, Sequence[tuple[str, bool, str]]]], title: str,
+                thumb: tuple[int, int] = (48, 96), border: int = 3) -> torch.Tensor:
+    """(3, H, W) ranked lists without matplotlib: per row the query (blue frame) then its ranked
+    gallery images, same identity framed green, others red; each cell captioned, a title on top.
+
+    Args:
+        rows: ``(query image path, [(gallery image path, same identity, caption), ...])`` per query.
+        thumb: (width, height) of every image.
+    """
+    from PIL import Image, ImageOps
+
+    w, h = thumb
+    columns = 1 + max((len(ranked) for _, ranked in rows), default=0)
+
+    def cell(path: str, frame: tuple[int, int, int], caption: str) -> torch.Tensor:
+        with Image.open(path) as img:
+            framed = ImageOps.expand(img.convert("RGB").resize((w - 2 * border, h - 2 * border)),
+                                     border=border, fill=frame)
+        image = torch.from_numpy(np.asarray(framed).copy()).permute(2, 0, 1).float() / 255
+        return torch.cat([_text_strip(w, [(caption, None)]), image], dim=1)
+
+    lines = []
+    for query, ranked in rows:
+        cells = [cell(query, FRAME["query"], "query")]
+        cells += [cell(p, FRAME["match" if same else "other"], c) for p, same, c in ranked]
+        cells += [torch.ones_like(cells[0])] * (columns - len(cells))
+        lines.append(torch.cat(cells, dim=2))
+    grid = torch.cat(lines, dim=1)
+    return torch.cat([_text_strip(grid.shape[2], [(title, None)]), grid], dim=1)

@@ -27,3 +27,17 @@ def test_labelled_grid_puts_one_identity_per_row():
     grid = labelled_grid(images, [f"id {i // 2}" for i in range(6)], (0.5,) * 3, (0.5,) * 3, columns=2)
     assert grid.shape[0] == 3 and grid.shape[2] == 2 * 8 and grid.shape[1] == 3 * (16 + 14)
     assert grid[:, 14:30].allclose(torch.full((3, 16, 16), 0.5))  # the first row's images under a caption
+
+
+def test_ranked_grid_frames_query_matches_and_others(tmp_path):
+    from PIL import Image
+
+    from solider.utils.visualize import FRAME, ranked_grid
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 16), (128, 128, 128)).save(path)
+    grid = ranked_grid([(str(path), [(str(path), True, "#1"), (str(path), False, "#2")])], "title",
+                       thumb=(20, 40))
+    assert grid.shape == (3, 14 + 14 + 40, 3 * 20)
+    corner = [tuple(round(float(v) * 255) for v in grid[:, 14 + 14, 20 * i]) for i in range(3)]
+    assert corner == [FRAME["query"], FRAME["match"], FRAME["other"]]
