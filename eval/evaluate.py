@@ -50,7 +50,9 @@ from solider.data.datasets import ReIDImageDataset
 from solider.data.market import read_reid_dataset
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reid_test_transform
 from solider.models.swin import build_swin
+from solider.utils.cli import parse_args, run_entry
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.summary import default_workers, format_summary, measure_image_cost, progress_enabled
 
 log = get_logger("eval.evaluate")
 
@@ -74,7 +76,8 @@ class ModelSection:
 class DataSection:
     root: str | None = opt(None, "Market-1501 folder (or MSMT17 list files); --data sets it")
     batch_size: int = opt(128, "images per forward pass", gt=0)
-    num_workers: int = opt(4, "DataLoader worker processes (0 = in the main process)", ge=0)
+    num_workers: int | None = opt(None, "DataLoader worker processes (0 = in the main process); None = "
+                                        "from the cores available, min(4, cores - 1)", ge=0)
     mean: tuple[float, float, float] | None = opt(None, "normalisation mean; None = the checkpoint's, "
                                                         "else ImageNet")
     std: tuple[float, float, float] | None = opt(None, "normalisation std; None = the checkpoint's, "
@@ -221,11 +224,22 @@ def _extract(source: str, cfg: EvalConfig, device: torch.device) -> tuple[SplitF
     log.info("%s", dataset.summary())
     transform = build_reid_test_transform(s["img_size"], s["mean"], s["std"], cfg.data.interpolation)
     model.to(device)
+    workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+    params = sum(p.numel() for p in model.parameters())
+    cost = measure_image_cost(model, s["img_size"])
+    log.info("%s", format_summary("evaluation", [
+        ("model", f"{s['description']}; {params / 1e6:.2f} M parameters"
+                  + (f"; {cost.gflops:.3g} GFLOP per image" if cost else "")),
+        ("data", f"{len(dataset.query):,} queries, {len(dataset.gallery):,} gallery images "
+                 f"from {cfg.data.root}"),
+        ("device", f"{device}, batch {cfg.data.batch_size}, {workers} loader worker(s), "
+                   f"{torch.get_num_threads()} CPU thread(s)")]))
     splits = []
     for name, records in (("query", dataset.query), ("gallery", dataset.gallery)):
         loader = DataLoader(ReIDImageDataset(records, transform, on_error="raise"), cfg.data.batch_size,
-                            shuffle=False, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-        out = extract_features(model, loader, device, flip=cfg.eval.flip, normalize=False, desc=name)
+                            shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
+        out = extract_features(model, loader, device, flip=cfg.eval.flip, normalize=False, desc=name,
+                               progress=progress_enabled(True))
         paths = np.array([records[i].path for i in out["index"]])
         splits.append(SplitFeatures(out["feats"], out["pids"], out["camids"], paths))
     return splits[0], splits[1], s["description"] + f", mean {s['mean']}, std {s['std']}"
@@ -277,8 +291,10 @@ def _plots(models: dict[str, tuple[SplitFeatures, SplitFeatures, dict]], cfg: Ev
         pairs[label] = sample_pair_distances(qf, gf, q.pids, g.pids, q.camids, g.camids, cfg.eval.metric,
                                              cfg.plots.max_pairs)
         curves.update({label + suffix: r["cmc"] for suffix, r in scores.items()})
-    plot_distance_distributions(pairs, out / "distances.png", xlabel=f"{cfg.eval.metric} distance")
-    plot_cmc(curves, out / "cmc.png", max_rank=min(cfg.eval.max_rank, 50))
+    features = f"{'L2-normalised' if cfg.eval.normalize else 'raw'} features, {cfg.eval.metric} distance"
+    plot_distance_distributions(pairs, out / "distances.png", xlabel=f"{cfg.eval.metric} distance",
+                                title=f"query-gallery pair distances ({features})")
+    plot_cmc(curves, out / "cmc.png", max_rank=min(cfg.eval.max_rank, 50), title=f"CMC ({features})")
     q, g, scores = list(models.values())[-1]
     if q.paths is None or g.paths is None:
         log.warning("no image paths in the features: ranked.png skipped")
@@ -288,7 +304,9 @@ def _plots(models: dict[str, tuple[SplitFeatures, SplitFeatures, dict]], cfg: Ev
         rows = pairwise_distance(_prepare(q, cfg.eval.normalize)[chosen], _prepare(g, cfg.eval.normalize),
                                  cfg.eval.metric).numpy()
         plot_ranked_lists(rows, chosen, list(q.paths), list(g.paths), q.pids, g.pids, q.camids, g.camids,
-                          out / "ranked.png", topk=cfg.plots.topk)
+                          out / "ranked.png", topk=cfg.plots.topk,
+                          title=f"{list(models)[-1]}: the {len(chosen)} worst queries by AP, ranked by "
+                                f"{features}; green = same identity")
 
 
 def _label(source: str) -> str:
@@ -342,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rerank", action="store_true", help="also report re-ranked results")
     parser.add_argument("--compare", help="a second checkpoint or .npz, shown beside the first ('before')")
     parser.add_argument("--out", help="output folder (sets output_dir)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)  # options and key=value overrides in any order
     flags = {"data.root": args.data, "output_dir": args.out,
              "rerank.enabled": "true" if args.rerank else None}
     args.overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -352,4 +370,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "eval/evaluate.py")

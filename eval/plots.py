@@ -81,7 +81,7 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 def plot_distance_distributions(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
                                 path: str | os.PathLike, bins: int = 100,
-                                xlabel: str = "distance") -> Path:
+                                xlabel: str = "distance", title: str | None = None) -> Path:
     """Histograms (densities) of positive (green) and negative (red) pair distances.
 
     Args:
@@ -107,10 +107,13 @@ def plot_distance_distributions(pairs: Mapping[str, tuple[np.ndarray, np.ndarray
         ax.set_xlabel(xlabel)
         ax.legend(loc="upper right", fontsize=8)
     axes[0][0].set_ylabel("density")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike, max_rank: int | None = None) -> Path:
+def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike, max_rank: int | None = None,
+             title: str | None = None) -> Path:
     """CMC curves (matching rate in % against rank), one line per label."""
     if not curves:
         raise ValueError("plot_cmc needs at least one (label -> cmc) entry")
@@ -125,6 +128,8 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike, max_rank
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
@@ -149,8 +154,10 @@ def _cell(ax: plt.Axes, path: str, color: str, title: str, size: tuple[int, int]
 def plot_ranked_lists(dist_rows: np.ndarray, query_indices: Sequence[int], query_paths: Sequence[str],
                       gallery_paths: Sequence[str], q_pids: np.ndarray, g_pids: np.ndarray,
                       q_camids: np.ndarray, g_camids: np.ndarray, path: str | os.PathLike,
-                      topk: int = 10, image_size: tuple[int, int] = (64, 128)) -> Path:
-    """A grid: per query (blue frame) its top-k gallery images, matches green, others red.
+                      topk: int = 10, image_size: tuple[int, int] = (64, 128),
+                      title: str | None = None) -> Path:
+    """A grid: per query (blue frame) its top-k gallery images, matches green, others red; ``title``
+    (which model, which distance) above it.
 
     Args:
         dist_rows: (len(query_indices), num_g) distances of the chosen queries.
@@ -182,6 +189,8 @@ def plot_ranked_lists(dist_rows: np.ndarray, query_indices: Sequence[int], query
             color = GREEN if g_pids[g] == q_pids[q] else RED
             _cell(ax, gallery_paths[g], color, f"#{col + 1} d={dist_rows[row, g]:.3f}\npid {g_pids[g]}",
                   image_size)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path, dpi=72)  # photos: a lower resolution keeps the file small
 
 

@@ -114,9 +114,9 @@ def initialize_model(model: ReIDModel, path: str | os.PathLike, source: str = "t
     """
     obj = safe_load(path)
     if isinstance(model.backbone, ResNet):
-        backbone = load_resnet_weights(model.backbone, obj, name=str(path), source=source)
-    else:
-        backbone = load_backbone_weights(model.backbone, obj, source=source)
+        backbone = load_resnet_weights(model.backbone, obj, name=str(path), source=source, log=False)
+    else:  # the backbone's report is logged once, inside the init report
+        backbone = load_backbone_weights(model.backbone, obj, source=source, name=str(path), log=False)
     report = InitReport(str(path), backbone)
     sd = _reid_state_dict(obj) if source != "student" else {}
     if any(f"{a}.weight" in sd for aliases in HEAD_ALIASES.values() for a in aliases):

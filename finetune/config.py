@@ -1,10 +1,11 @@
 """The fine-tuning config schema: every key of ``finetune/run.py`` with its default and advice.
 
-Defaults are the SOLIDER-REID recipe for Swin-T on Market-1501 (docs/reference/solider.md §5:
-384x128, SGD 8e-4 with bias lr x2, 20 warmup epochs then cosine over 120, soft-margin triplet, no
-label smoothing, no center loss, mean/std 0.5, timm "pixel" random erasing, test feature before BN,
-L2-normalised). ``configs/finetune/{solider_reid,bot,tao}.yaml`` spell out each recipe in full, so
-one YAML file plus ``key=value`` overrides is all a run needs (docs/FINETUNING.md).
+Defaults are the SOLIDER-REID recipe for Swin-T on Market-1501 (the SOLIDER-REID repository's
+Swin-T Market-1501 configuration: 384x128, SGD 8e-4 with bias lr x2, 20 warmup epochs then cosine
+over 120, soft-margin triplet, no label smoothing, no center loss, mean/std 0.5, timm "pixel" random
+erasing, test feature before BN, L2-normalised). ``configs/finetune/{solider_reid,bot,tao}.yaml``
+spell out each recipe in full, so one YAML file plus ``key=value`` overrides is all a run needs
+(docs/FINETUNING.md).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class ModelConfig(SwinArch):  # embed_dim, depths, num_heads, window_size; arch_
 class DataConfig:
     root: str | None = opt(None, "Market-format root (Market-1501, CUHK03 subset, ...) or MSMT17 root; "
                                  "None = the synthetic demo set, generated once into data.cache_dir")
-    num_workers: int = opt(4, "data loader processes per training process", ge=0)
+    num_workers: int | None = opt(None, "data loader processes per training process; None = from the "
+                                        "cores available to the process, min(4, cores - 1)", ge=0)
     id_fraction: float = opt(1.0, "train on this share of the training identities (all their images), "
                                   "chosen by data.id_seed: low-label experiments", gt=0, le=1)
     id_seed: int | None = opt(None, "seed of the id_fraction subset; None = the run's seed", ge=0)
@@ -164,6 +166,8 @@ class EvalConfig:
     k2: int = opt(6, "re-ranking k2", gt=0)
     lambda_value: float = opt(0.3, "re-ranking weight of the original distance", ge=0, le=1)
     max_rank: int = opt(50, "length of the CMC curve", gt=0)
+    ranked_queries: int = opt(6, "rows (the worst-AP queries) of the ranked-list grid logged to TensorBoard "
+                                 "at each evaluation; 0 = none", ge=0)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from solider.data.market import MarketDataset, ReIDRecord, read_reid_dataset
 from solider.data.sampler import PKBatchSampler
 from solider.data.transforms import ReIDTransform
 from solider.pretrain_data import synthetic_root
+from solider.utils.cli import UserError
 from solider.utils.logging import get_logger
 from solider.utils.seed import PerSampleSeeded
 
@@ -94,7 +95,7 @@ def load_dataset(root: Path, train: bool = True) -> MarketDataset:
     """
     data = read_reid_dataset(root, ("train", "query", "gallery") if train else ("query", "gallery"))
     if train and data.num_train_pids < 2:
-        raise ValueError(f"{root}: the training split has {data.num_train_pids} identities; fine-tuning "
+        raise UserError(f"{root}: the training split has {data.num_train_pids} identities; fine-tuning "
                          "needs at least 2")
     return data
 

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.features import extract_features
+from eval.features import extract_features, pairwise_distance
 from eval.metrics import evaluate_features, evaluate_rank
 from eval.rerank import k_reciprocal_rerank_features
+from solider.utils.visualize import ranked_grid
 
 __all__ = ["rank_metrics", "evaluate_model", "write_metrics", "best_entry"]
 
@@ -37,7 +38,8 @@ def rank_metrics(result: dict, prefix: str = "") -> dict[str, float]:
 def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: torch.device,
                    metric: str = "euclidean", flip: bool = False, rerank: dict | None = None,
                    max_rank: int = 50, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   is_main_process: bool = True, progress: bool = True) -> dict[str, float] | None:
+                   is_main_process: bool = True, progress: bool = True,
+                   ranked: dict | None = None) -> dict[str, float] | None:
     """Extract query and gallery features (all processes) and score them (main process).
 
     Args:
@@ -50,6 +52,8 @@ def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: to
         max_rank: CMC length.
         gather: ``accelerator.gather`` with several processes (features are de-duplicated by index).
         is_main_process: only the main process computes the metrics; the others return None.
+        ranked: None, or ``{"queries": n, "title": str}``: the main process adds ``"image"``, a
+            (3, H, W) grid of the ``n`` worst-AP queries' ranked lists (for TensorBoard).
 
     Returns:
         ``{"mAP", "rank1", "rank5", "rank10", "mINP", "num_query", "num_gallery"}`` (+ ``rerank_*``).
@@ -64,12 +68,34 @@ def evaluate_model(embedder: nn.Module, query_loader, gallery_loader, device: to
                                metric=metric, max_rank=max_rank)
     out = rank_metrics(result)
     out.update(num_query=len(q["feats"]), num_gallery=len(g["feats"]))
+    if ranked is not None and ranked["queries"] > 0:
+        rows = _ranked_rows(q, g, query_loader.dataset, gallery_loader.dataset, result["all_AP"], metric,
+                            ranked["queries"])
+        if rows:
+            ranked["image"] = ranked_grid(rows, ranked.get("title", ""))
     if rerank is not None:
         dist = k_reciprocal_rerank_features(q["feats"], g["feats"], rerank["k1"], rerank["k2"],
                                             rerank["lambda_value"], metric="euclidean")
         out.update(rank_metrics(evaluate_rank(dist, q["pids"], g["pids"], q["camids"], g["camids"],
                                               max_rank=max_rank), prefix="rerank_"))
     return out
+
+
+def _ranked_rows(q: dict, g: dict, q_data, g_data, all_ap: np.ndarray, metric: str, queries: int,
+                 topk: int = 8) -> list:
+    """The ``queries`` worst-AP queries and their top-k gallery images (same-camera matches excluded,
+    as the evaluation excludes them), for :func:`solider.utils.visualize.ranked_grid`."""
+    valid = np.flatnonzero(~np.isnan(all_ap))
+    chosen = valid[np.argsort(all_ap[valid], kind="stable")[:queries]]
+    rows = []
+    for qi in chosen:
+        d = pairwise_distance(q["feats"][qi : qi + 1], g["feats"], metric)[0]
+        order = torch.sort(d, stable=True).indices.numpy()  # the evaluation's tie rule
+        junk = (g["pids"][order] == q["pids"][qi]) & (g["camids"][order] == q["camids"][qi])
+        ranked = [(g_data.records[g["index"][j]].path, bool(g["pids"][j] == q["pids"][qi]),
+                   f"#{r + 1} {float(d[j]):.2f}") for r, j in enumerate(order[~junk][:topk])]
+        rows.append((q_data.records[q["index"][qi]].path, ranked))
+    return rows
 
 
 def best_entry(history: list[dict], key: str = "mAP") -> dict | None:

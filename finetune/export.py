@@ -41,6 +41,7 @@ from torch import nn
 
 from finetune.checkpoint import load_finetuned, preprocessing
 from finetune.model import Embedder
+from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, setup_logging
 
 logger = get_logger("finetune.export")
@@ -115,6 +116,10 @@ def save_inference_weights(embedder: Embedder, path: str | os.PathLike, meta: di
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"preprocessing": json.dumps(meta), "format": "pt"})
+    # safetensors creates its file private (0600); give it the mode every other output has (0666 & ~umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return path
 
@@ -125,10 +130,13 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fp16: bool = F
     parity figures. Raises RuntimeError when the ONNX output differs by more than ``atol``."""
     out = Path(out)
     if out.suffix != ".onnx":
-        raise ValueError(f"--out {out}: expected a path ending in .onnx")
+        raise UserError(f"--out {out}: expected a path ending in .onnx")
     model, cfg, _ = load_finetuned(checkpoint)
     embedder = Embedder(model).eval()
     img_size = tuple(cfg.model.img_size)
+    logger.info("export: %s (%s at %dx%d, %d-d embedding, %.2f M parameters) -> %s, opset %d, %s", checkpoint,
+                cfg.model.arch, *img_size, model.feat_dim, sum(p.numel() for p in model.parameters()) / 1e6,
+                out, opset, "float16" if fp16 else "float32")
     meta = preprocessing(cfg, model.feat_dim)
     meta.update(precision="fp16" if fp16 else "fp32", checkpoint=str(checkpoint))
     # The float32 model stays the reference (and the saved weights); --fp16 casts a copy.
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--atol", type=float, default=None,
                         help=f"parity limit (default {FP32_ATOL:g} fp32, {FP16_ATOL:g} fp16)")
-    args = parser.parse_args(argv)
+    args = reject_overrides(parser, argv)  # flags only, in any order: there is no config schema here
     setup_logging()
     result = export(args.checkpoint, args.out, args.fp16, args.opset, args.atol)
     print(f"wrote {result['onnx']}, {result['json']}, {result['safetensors']}")
@@ -165,4 +173,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "finetune/export.py")

@@ -50,7 +50,9 @@ from finetune.checkpoint import load_finetuned
 from solider.data.images import ImageDecodeError, is_image_file, load_image_tensor
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import list_images
+from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, log_skipped, setup_logging
+from solider.utils.summary import default_workers, progress_enabled
 
 logger = get_logger("finetune.infer")
 
@@ -108,7 +110,7 @@ def _read_onnx_meta(path: Path) -> dict:
     meta = json.loads(meta_path.read_text())
     missing = [k for k in ONNX_META_KEYS if k not in meta]
     if missing or meta.get("layout", "NCHW") != "NCHW" or meta.get("color", "RGB") != "RGB":
-        raise ValueError(f"{meta_path}: expected the keys {list(ONNX_META_KEYS)} (missing {missing}), "
+        raise UserError(f"{meta_path}: expected the keys {list(ONNX_META_KEYS)} (missing {missing}), "
                          f"layout NCHW and color RGB (got {meta.get('layout')}, {meta.get('color')})")
     return meta
 
@@ -169,7 +171,7 @@ def open_model(path: str | os.PathLike, device: str = "auto", normalize: bool = 
     if str(path).endswith(".onnx"):
         embedder = OnnxEmbedder(path, device, threads)
         if embedder.normalized and not normalize:
-            raise ValueError(f"{path} L2-normalises inside the graph (normalized: true in its JSON), so "
+            raise UserError(f"{path} L2-normalises inside the graph (normalized: true in its JSON), so "
                              "--no-normalize cannot give the raw feature: run the checkpoint instead, or "
                              "export a model trained with model.test_norm=false")
         return embedder
@@ -274,14 +276,14 @@ def write_embeddings(out: str | os.PathLike, paths: list[str], embeddings: np.nd
         return [out]
     if out.suffix == ".npy":
         if any("\n" in p or "\r" in p for p in paths):
-            raise ValueError("an image path contains a line break: write .json instead of .npy + paths.txt")
+            raise UserError("an image path contains a line break: write .json instead of .npy + paths.txt")
         names = _sidecar(out, ".paths.txt")
         tmp = out.with_name(out.stem + ".tmp.npy")
         np.save(tmp, np.ascontiguousarray(embeddings, dtype=np.float32))
         os.replace(tmp, out)
         _atomic_write_text(names, "".join(p + "\n" for p in paths))
         return [out, names]
-    raise ValueError(f"--out {out}: expected a file name ending in .json or .npy")
+    raise UserError(f"--out {out}: expected a file name ending in .json or .npy")
 
 
 def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
@@ -313,11 +315,6 @@ def _summary(result: InferenceResult, files: list[Path], skipped_file: Path | No
     return line
 
 
-def _default_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(4, cpus)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="finetune/infer.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -331,9 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of the model (PyTorch and onnxruntime); 0: the libraries' "
                              "default. On a busy CPU 1 can be several times faster (docs/INFERENCE.md)")
-    parser.add_argument("--num-workers", type=int, default=_default_workers(),
-                        help="image decoding processes (default: min(4, CPUs); 0: in the main process)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--num-workers", type=int, default=default_workers(),
+                        help="image decoding processes (default: min(4, cores - 1); 0: in the main process)")
+    args = reject_overrides(parser, argv)  # flags only, in any order: there is no config schema here
     if args.batch_size < 1 or args.num_workers < 0 or args.threads < 0:
         parser.error("--batch-size must be >= 1, --num-workers and --threads >= 0")
     if Path(args.out).suffix not in (".json", ".npy"):
@@ -344,7 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
     embedder = open_model(args.model, args.device, args.normalize, args.threads)
     paths = list_inputs(args.images)
     logger.info("%d images from %s; model: %s", len(paths), args.images, embedder.description)
-    result = embed_images(embedder, paths, args.batch_size, args.normalize, args.num_workers)
+    result = embed_images(embedder, paths, args.batch_size, args.normalize, args.num_workers,
+                          progress=progress_enabled(True))
     files = write_embeddings(args.out, result.paths, result.embeddings)
     skipped_file = _sidecar(Path(args.out), ".skipped.txt")
     if result.skipped:
@@ -359,4 +357,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "finetune/infer.py")

@@ -1,6 +1,6 @@
 """ReID losses of the Bag-of-Tricks family: ID (label smoothing), batch-hard triplet, center loss.
 
-Formulas (docs/reference/dino-tao-bot.md §3.2, solider.md §5):
+Formulas (as reid-strong-baseline ``layers/`` and SOLIDER-REID compute them; docs/FINETUNING.md):
 
 - ID: cross-entropy of the classifier logits against targets ``(1 - eps) onehot + eps / N``
   (``eps = 0`` is plain cross-entropy; SOLIDER-REID uses 0, BoT 0.1).

@@ -4,12 +4,12 @@ learning-rate schedules, as pure functions of the 1-based training epoch.
 Both references change the lr once per epoch, so the loop calls :func:`set_epoch_lr` at the start of
 every epoch (and after a resume); nothing else holds schedule state.
 
-- ``"multistep"`` (Bag of Tricks ``WarmupMultiStepLR``, docs/reference/dino-tao-bot.md §3.1): each
+- ``"multistep"`` (Bag of Tricks ``WarmupMultiStepLR``, reid-strong-baseline ``solver/lr_scheduler.py``): each
   group's lr is its base lr times ``w(e) * gamma ** (number of milestones <= e)``, with the linear
   warmup factor ``w(e) = f (1 - e / W) + e / W`` for ``e < W`` (f = warmup_factor) and 1 after.
   Epoch e uses ``last_epoch = e`` because BoT steps the scheduler at every epoch start after its
   construction already stepped once: 3.5e-4 gives 3.815e-5 in epoch 1 and 3.5e-4 in epochs 10-39.
-- ``"cosine"`` (timm ``CosineLRScheduler`` as SOLIDER-REID and TAO configure it, solider.md §5):
+- ``"cosine"`` (timm ``CosineLRScheduler`` as SOLIDER-REID and TAO configure it; docs/FINETUNING.md):
   epoch e uses ``t = e - 1``; for ``t < W`` a line from ``warmup_factor * base_lr`` (the same start
   for every group, biases included) to the group's base lr; from ``t = W`` a half cosine from the
   group's base lr to ``min_factor * base_lr`` over ``total`` epochs counted from 0 (the warmup is

@@ -181,7 +181,7 @@ def _find_backbone(sd: dict[str, Any], layout: str, name: str) -> tuple[dict[str
 
 
 def load_resnet_weights(model: nn.Module, obj: Mapping[str, Any], name: str = "<state dict>",
-                        source: str = "teacher") -> ResNetLoadReport:
+                        source: str = "teacher", log: bool = True) -> ResNetLoadReport:
     """Load ResNet backbone weights (layouts in the module docstring) into ``model``, strictly.
 
     Args:
@@ -190,10 +190,11 @@ def load_resnet_weights(model: nn.Module, obj: Mapping[str, Any], name: str = "<
         name: the file name, for messages.
         source: ``init.source``; "student" is refused (pretraining checkpoints hold a Swin),
             "teacher" / "imagenet" detect the layout.
+        log: log the report (False when the caller reports it inside its own message).
 
     Returns:
-        The report (also logged): loaded, ignored (``fc.*`` and non-backbone entries), kept at
-        their initial value (``num_batches_tracked`` absent from old torchvision files).
+        The report (also logged unless ``log=False``): loaded, ignored (``fc.*`` and non-backbone
+        entries), kept at their initial value (``num_batches_tracked`` absent from old torchvision files).
 
     Raises:
         CheckpointError: not a ResNet file, or missing / unexpected / mis-shaped tensors (the
@@ -214,5 +215,6 @@ def load_resnet_weights(model: nn.Module, obj: Mapping[str, Any], name: str = "<
                               f"{resnet_layout(backbone)}, the model is {resnet_layout(own)}\n{report}")
     model.load_state_dict(backbone)
     report.loaded = len(backbone) - len(report.kept_init)
-    logger.info("%s", report)
+    if log:
+        logger.info("%s", report)
     return report

@@ -8,7 +8,8 @@
 ``--init``: our pretraining checkpoint (teacher; ``init.source=student`` for the student), an
 official SOLIDER checkpoint, a fine-tuned ReID checkpoint (its classifier is skipped when the number
 of identities differs), an ImageNet Swin file, or ``none`` (random initialisation). Without
-``--config`` and overrides the demo config (configs/finetune/demo.yaml) runs. Outputs in
+``--config`` the demo config (configs/finetune/demo.yaml) runs, with any ``key=value`` overrides
+applied to it; a real recipe always names its file (``--config configs/finetune/...``). Outputs in
 ``output_dir``: ``config.yaml``, ``log.jsonl``, ``tb/`` (TensorBoard), ``metrics.json`` (every
 evaluation; best by mAP), ``checkpoints/{last.pt, best.pt, step_*.pt}``. ``resume=auto``
 continues bit-exactly (on CPU) from the newest checkpoint. See docs/FINETUNING.md.
@@ -44,9 +45,17 @@ from finetune.step import LossWeights, metric_values, reid_step
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
+from solider.utils.cli import parse_args, resolve_base_config, run_entry
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import seed_everything
+from solider.utils.summary import (
+    EtaLogger,
+    default_workers,
+    finetune_summary,
+    format_summary,
+    progress_enabled,
+)
 from solider.utils.tracking import RunLogger
 from solider.utils.training import (
     broadcast_buffers,
@@ -55,9 +64,11 @@ from solider.utils.training import (
     peak_memory_mb,
     restore_rng_states,
 )
+from solider.utils.visualize import labelled_grid
 
 logger = get_logger("finetune.run")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
+OFFICIAL_CONFIG = "configs/finetune/market1501_swin_tiny.yaml"
 ADVICE = "Try a lower optim.lr, a longer optim.warmup_epochs, or train.mixed_precision=bf16/no."
 
 
@@ -86,11 +97,10 @@ def parse_config(argv: list[str] | None) -> tuple[FinetuneConfig, argparse.Names
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the initial (or resumed) model on query/gallery, write "
                              "metrics.json, exit")
-    args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after --flags
-    if args.config is None and not args.overrides and DEMO_CONFIG.is_file():
-        args.config = str(DEMO_CONFIG)
+    args = parse_args(parser, argv)  # key=value overrides may come before or after --flags
     if args.init is not None:
         args.overrides = [*args.overrides, f"init.path={args.init}"]
+    args.config_source = resolve_base_config(args, DEMO_CONFIG, OFFICIAL_CONFIG)
     return config_from_args(FinetuneConfig, args), args
 
 
@@ -107,14 +117,15 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     logger.info("%s", describe(data, root))
     aug, pin = cfg.augment, device.type == "cuda"
     test_tf = build_reid_test_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation)
-    loaders = [build_test_loader(recs, test_tf, cfg.eval.batch_size, rank, world, cfg.data.num_workers, pin)
+    workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+    loaders = [build_test_loader(recs, test_tf, cfg.eval.batch_size, rank, world, workers, pin)
                for recs in (data.query, data.gallery)]
     train = None
     if not eval_only:
         train_tf = build_reid_train_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation,
                                               aug.flip_p, aug.padding, aug.erasing_p, aug.erasing_mode)
         train = build_train_data(data, train_tf, cfg.train.batch_size, cfg.train.num_instances, cfg.seed,
-                                 rank, world, cfg.data.num_workers, pin)
+                                 rank, world, workers, pin)
 
     num_classes = 0 if eval_only else data.num_train_pids  # evaluation needs no classifier
     model = build_model(cfg, num_classes)
@@ -207,10 +218,14 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     acc = run.accelerator
     e = cfg.eval
     broadcast_buffers(acc, run.unwrapped)  # each process's BNNeck statistics drifted with its own batches
+    ranked = {"queries": e.ranked_queries,
+              "title": f"{cfg.model.arch}, step {step}: worst queries by AP, {e.metric} distance; "
+                       "green = same identity"}
     metrics = evaluate_model(Embedder(run.unwrapped), run.query_loader, run.gallery_loader, acc.device,
                              e.metric, e.flip, {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value}
                              if e.rerank else None, e.max_rank, acc.gather if acc.num_processes > 1 else None,
-                             acc.is_main_process)
+                             acc.is_main_process, progress=progress_enabled(acc.is_main_process),
+                             ranked=ranked)
     spe = run.train.steps_per_epoch if run.train is not None else None
     entry = {"epoch": round(step / spe, 4) if spe else None, "step": step}
     if metrics is None:  # not the main process: keep the same history length for the same decisions
@@ -220,6 +235,8 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     previous_best = best_entry(history)
     history.append(entry)
     tracker.log({f"eval/{k}": v for k, v in metrics.items() if not k.startswith("num_")}, step=step)
+    if "image" in ranked:
+        tracker.log_image("eval/ranked_list", ranked["image"], step)
     write_metrics(Path(cfg.output_dir) / "metrics.json", history)
     logger.info("evaluation at step %d: mAP %.4f  Rank-1 %.4f  Rank-5 %.4f  Rank-10 %.4f  mINP %.4f", step,
                 entry["mAP"], entry["rank1"], entry["rank5"], entry["rank10"], entry["mINP"])
@@ -244,6 +261,13 @@ def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, st
     progress.set_postfix(loss=f"{values['train/loss']:.3f}", acc=f"{values['train/id_acc']:.2f}")
 
 
+def log_batch_grid(cfg: FinetuneConfig, tracker: RunLogger, batch: dict, step: int) -> None:
+    k = cfg.train.num_instances
+    grid = labelled_grid(batch["image"], [f"id {int(p)}" for p in batch["pid"]], cfg.augment.mean,
+                         cfg.augment.std, columns=k)
+    tracker.log_image("train/pk_batch", grid, step)
+
+
 def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker: RunLogger,
           checkpoints: CheckpointManager) -> int:
     """The loop, from ``step`` to the stop; evaluates per ``eval.*`` and at the end. Returns the step."""
@@ -257,7 +281,9 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
                 run.schedule.lr(cfg.optim.warmup_epochs + 1), run.schedule.lr(cfg.train.epochs))
     if step == 0 and cfg.eval.at_start:  # the initial model; best.pt stays the best evaluated state
         evaluate(cfg, run, 0, history, tracker, checkpoints)
-    progress = tqdm(total=stop, initial=step, disable=not run.accelerator.is_main_process, desc="finetune")
+    progress = tqdm(total=stop, initial=step, disable=not progress_enabled(run.accelerator.is_main_process),
+                    desc="finetune")
+    eta = EtaLogger(logger, "finetune", step, stop, run.accelerator.is_main_process)
     run.model.train()
     last_log, tic = step, time.perf_counter()
     while step < stop:
@@ -266,9 +292,12 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
         run.train.dataset.set_epoch(epoch)
         lr = set_epoch_lr(run.optimizer, run.schedule, epoch + 1)
         for batch in run.train.loader:
+            if step == first:  # what the model is fed: P identities (rows) x K images, augmented
+                log_batch_grid(cfg, tracker, batch, step)
             metrics = train_step(cfg, run, batch, step)
             step += 1
             progress.update(1)
+            eta.update(step)
             if step % cfg.train.log_every == 0 or step == stop:
                 log_training(run, tracker, progress, metrics, step, lr,
                              (step - last_log) * cfg.train.batch_size, time.perf_counter() - tic)
@@ -288,6 +317,26 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
             evaluate(cfg, run, step, history, tracker, checkpoints)
         checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # last.pt holds the final state
     return step
+
+
+def log_summary(cfg: FinetuneConfig, args: argparse.Namespace, run: Run, step: int) -> None:
+    """The run summary (config source, model and cost, data, device, batch, steps); a warning when the
+    run looks too big for the CPU it is on."""
+    acc = run.accelerator
+    if run.train is None:
+        rows = [("config", args.config_source), ("model", f"{cfg.model.arch}, init {cfg.init.path}"),
+                ("device", str(acc.device))]
+        logger.info("%s", format_summary("evaluation run", rows))
+        return
+    spe = run.train.steps_per_epoch
+    stop = min(cfg.train.epochs * spe, cfg.train.max_steps or cfg.train.epochs * spe)
+    workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+    text, warning = finetune_summary(cfg, args.config_source, run.unwrapped, len(run.train.dataset),
+                                     run.num_classes, str(cfg.data.root or cfg.data.cache_dir), acc.device,
+                                     acc.mixed_precision, acc.num_processes, workers, spe, stop, step)
+    logger.info("%s", text)
+    if warning:
+        logger.warning("%s", warning)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -313,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     tracker = RunLogger(accelerator, output_dir, to_dict(cfg))
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
     if accelerator.is_main_process:
+        log_summary(cfg, args, run, step)
         logger.info("TensorBoard: tensorboard --logdir %s", tracker.tb_dir)
     if args.eval_only:
         evaluate(cfg, run, step, history, tracker, None)
@@ -331,4 +381,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "finetune/run.py")

@@ -393,7 +393,8 @@ def _reconcile(backbone: dict[str, Tensor], own: dict[str, Tensor], report: Load
 
 
 def load_backbone_weights(model: nn.Module, path_or_state_dict: PathLike | Mapping[str, Any],
-                          source: str = "teacher", strict: bool = True) -> LoadReport:
+                          source: str = "teacher", strict: bool = True, *, name: str | None = None,
+                          log: bool = True) -> LoadReport:
     """Load Swin backbone weights from any known checkpoint layout into ``model``.
 
     Recognised: our pretraining checkpoints and the official SOLIDER ones (``teacher`` /
@@ -411,9 +412,11 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: PathLike | Mappi
         strict: raise unless every model tensor is matched with the right shape (ImageNet
             weights: norm0-2 and the controller keep their initial values, as reported). With
             False, load what fits and report the rest.
+        name: the file name to report when ``path_or_state_dict`` is an already loaded dict.
+        log: log the report (a caller that reports it inside its own message passes False).
 
     Returns:
-        The :class:`LoadReport` (also logged).
+        The :class:`LoadReport` (also logged unless ``log=False``).
 
     Raises:
         CheckpointError: unreadable file, no backbone found, an architecture that differs from the
@@ -424,7 +427,7 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: PathLike | Mappi
     if isinstance(path_or_state_dict, str | os.PathLike):
         name, obj = str(path_or_state_dict), safe_load(path_or_state_dict)
     else:
-        name, obj = "<state dict>", path_or_state_dict
+        name, obj = name or "<state dict>", path_or_state_dict
     sd, layout = _select_state_dict(obj, source, name)
     backbone, ignored, layout = _find_backbone(sd, source, layout, name)
     target = _unwrap(model)
@@ -437,5 +440,6 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: PathLike | Mappi
     fitting = {k: v for k, v in backbone.items() if k in own and v.shape == own[k].shape}
     target.load_state_dict(fitting, strict=report.ok)
     report.loaded = len(fitting) - len(report.kept_init) - len(report.derived)
-    logger.info("%s", report)
+    if log:
+        logger.info("%s", report)
     return report

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from solider.pretrain import build_networks
 from solider.pretrain_config import PretrainConfig
 from solider.semantic_keypoints import keypoint_part_labels
 from solider.semantics import cluster_part_labels
+from solider.utils.cli import parse_args, run_entry
 from solider.utils.seed import seed_everything
 
 NUM_CLASSES = 4  # background + the renderer's three parts
@@ -124,6 +126,11 @@ def measure(root: Path, teacher: MultiCropNet, cfg: PretrainConfig, split: str =
                         "clustering": agreement(torch.cat(cl_labels), truth_t, torch.cat(cl_valid))}}
 
 
+def _percent(value: float) -> str:
+    """A percentage, or 'absent' for a part that occurs in neither labelling (its IoU is undefined)."""
+    return f"{100 * value:.1f}" if math.isfinite(value) else "absent"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m solider.part_agreement", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="with --config: dotted overrides, e.g. model.img_size=[256,128]")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.overrides and args.checkpoint:
         parser.error("key=value overrides go with --config (a checkpoint brings its own config)")
     teacher, cfg = load_teacher(args.checkpoint, args.config, args.overrides)
@@ -144,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["teacher"] = args.checkpoint or f"random init of {args.config}"
     for name, r in result["sources"].items():
         print(f"{name:>10}: {100 * r['valid_share']:5.1f} % of {result['images']} images labelled, "
-              f"token accuracy {100 * r['accuracy']:5.1f} %, mIoU (parts) {100 * r['miou_parts']:5.1f} %, "
-              "IoU bg/upper/legs/feet " + " / ".join(f"{100 * v:.1f}" for v in r["iou"]))
+              f"token accuracy {100 * r['accuracy']:5.1f} %, mIoU (parts) {_percent(r['miou_parts']):>5} %, "
+              "IoU bg/upper/legs/feet " + " / ".join(_percent(v) for v in r["iou"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
@@ -153,4 +160,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "python -m solider.part_agreement")

@@ -4,8 +4,10 @@ the semantic controller.
     accelerate launch solider/pretrain.py [--config configs/pretrain/swin_tiny.yaml] [key=value ...]
     python solider/pretrain.py                       # one process; the demo config on synthetic data
 
-With no arguments it runs ``configs/pretrain/demo.yaml`` (a tiny Swin on the synthetic set, minutes
-on a CPU). Outputs in ``output_dir``: ``config.yaml``, ``log.jsonl``, ``tb/`` (TensorBoard),
+Without ``--config`` it runs ``configs/pretrain/demo.yaml`` (a tiny Swin on the synthetic set, minutes
+on a CPU), with any ``key=value`` overrides applied to it; the official recipe is always
+``--config configs/pretrain/swin_tiny.yaml``. Options and overrides may come in any order.
+Outputs in ``output_dir``: ``config.yaml``, ``log.jsonl``, ``tb/`` (TensorBoard),
 ``checkpoints/{last.pt,step_*.pt}``. ``resume=auto`` continues bit-exactly (on CPU) from the newest
 checkpoint. See docs/PRETRAINING.md.
 """
@@ -44,6 +46,7 @@ from solider.pretrain_monitor import CHARTS, run_monitor, start_values
 from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import auto_momentum, cosine_schedule, scale_lr, span_steps, teacher_movement
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
+from solider.utils.cli import UserError, parse_args, resolve_base_config, run_entry
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import (
@@ -52,12 +55,14 @@ from solider.utils.seed import (
     restore_rng_state,
     seed_everything,
 )
+from solider.utils.summary import EtaLogger, default_workers, pretrain_summary, progress_enabled
 from solider.utils.tracking import RunLogger
 from solider.utils.training import check_finite
 from solider.utils.visualize import part_overlay_grid
 
 logger = get_logger("solider.pretrain")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo.yaml"
+OFFICIAL_CONFIG = "configs/pretrain/swin_tiny.yaml"
 
 
 def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
@@ -98,12 +103,13 @@ def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str
         teacher.load_state_dict(strip(state["teacher"]))
         missing, unexpected = student.load_state_dict(strip(state["student"]), strict=False)
         if unexpected or any(not k.startswith("part_head.") for k in missing):
-            raise ValueError(f"init={path}: student weights do not fit (missing {missing[:5]}, "
+            raise UserError(f"init={path}: student weights do not fit (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
         logger.info("init: student and teacher from %s%s", path, " (new part head)" if missing else "")
         return
-    for net in (student, teacher):
-        logger.info("init: %s", load_backbone_weights(net.backbone, path))
+    report = load_backbone_weights(student.backbone, state, name=path, log=False)
+    load_backbone_weights(teacher.backbone, state, name=path, log=False)
+    logger.info("init (student and teacher backbones): %s", report)
 
 
 def build_optimizer(cfg: PretrainConfig, student: MultiCropNet) -> torch.optim.Optimizer:
@@ -189,13 +195,14 @@ def _memory_mb(device: torch.device) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_arg_parser(PretrainConfig, __doc__, prog="solider/pretrain.py")
-    args = parser.parse_args(argv)
-    if args.config is None and not args.overrides and DEMO_CONFIG.is_file():
-        args.config = str(DEMO_CONFIG)
+    args = parse_args(parser, argv)
+    args.config_source = resolve_base_config(args, DEMO_CONFIG, OFFICIAL_CONFIG)
     cfg = config_from_args(PretrainConfig, args)
     output_dir = Path(cfg.output_dir)
     accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)
     setup_logging(accelerator.is_main_process)
+    if cfg.train.cpu_threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg.train.cpu_threads)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
     device, world = accelerator.device, accelerator.num_processes
     if accelerator.is_main_process:
@@ -222,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   accelerator.process_index, world)
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+    workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator())
     monitor_root = cfg.monitor.data_root or source.market_root
     monitor = (monitor_datasets(monitor_split(monitor_root, cfg.monitor.max_images), cfg.model.img_size,
@@ -256,6 +264,15 @@ def main(argv: list[str] | None = None) -> dict:
     del resumed  # its weights and optimizer state are in the networks now; do not hold a second copy
     first_step = step
     stop = min(sched["total"], cfg.train.max_steps or sched["total"])
+    if accelerator.is_main_process:
+        kpts = dataset.dataset.keypoints
+        text, warning = pretrain_summary(
+            cfg, args.config_source, unwrapped, teacher, len(dataset), source.images,
+            None if kpts is None else sum(k is not None for k in kpts) / max(len(kpts), 1), device,
+            accelerator.mixed_precision, world, workers, spe, stop, step)
+        logger.info("%s", text)
+        if warning:
+            logger.warning("%s", warning)
     run = RunLogger(accelerator, output_dir, to_dict(cfg))
     settings = semantic_settings(cfg)
     if accelerator.is_main_process:
@@ -273,7 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
                               monitor_start=start)
 
     # ---- loop
-    progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, desc="pretrain")
+    progress = tqdm(total=stop, initial=step, disable=not progress_enabled(accelerator.is_main_process),
+                    desc="pretrain")
+    eta = EtaLogger(logger, "pretrain", step, stop, accelerator.is_main_process)
     last_log, tic = step, time.perf_counter()
     data_time = 0.0
     student.train()
@@ -303,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ema_update_(getattr(teacher, name), getattr(unwrapped, name), float(sched["momentum"][step]))
             step += 1
             progress.update(1)
+            eta.update(step)
 
             if step % cfg.train.log_every == 0 or step == stop:
                 values = {f"train/{k}": v for k, v in result.metrics.items()}
@@ -322,11 +342,14 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log(values, step=step)
                 progress.set_postfix(loss=f"{values['train/loss']:.3f}")
                 last_log, tic, data_time = step, time.perf_counter(), 0.0
-            if cfg.train.image_every and step % cfg.train.image_every == 0 and result.parts is not None:
+            # the first batch (at its own step, 0 for a fresh run), every image_every steps, the last
+            first, periodic = step == first_step + 1, step % max(cfg.train.image_every, 1) == 0
+            if cfg.train.image_every and result.parts is not None and (first or periodic or step == stop):
                 g = batch["global_crops"][:, 0]
                 n = g.shape[0]
                 run.log_image("train/part_labels", part_overlay_grid(
-                    g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std), step)
+                    g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std,
+                    num_parts=cfg.semantic.num_parts), step - 1 if first else step)
             if step % cfg.checkpoint.every_steps == 0:
                 checkpoints.save(state(step, step / spe), step, periodic=True)
             if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
@@ -357,4 +380,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main, "solider/pretrain.py")

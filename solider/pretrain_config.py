@@ -40,7 +40,8 @@ class DataConfig:
                                          "keypoint part labels for the images it covers")
     min_height: int = opt(0, "drop crops shorter than this (pixels)", ge=0)
     max_aspect: float = opt(1.0, "drop crops with width/height >= this (person crops are tall)", gt=0)
-    num_workers: int = opt(4, "data loader processes per training process", ge=0)
+    num_workers: int | None = opt(None, "data loader processes per training process; None = from the "
+                                        "cores available to the process, min(4, cores - 1)", ge=0)
     cache_dir: str = opt(".cache/synthetic", "where the synthetic demo set is generated when root is None")
     synthetic_ids: int = opt(60, "synthetic set: identities (train+test)", gt=1)
     synthetic_images_per_camera: int = opt(4, "synthetic set: images per identity and camera", gt=0)
@@ -140,8 +141,11 @@ class TrainConfig:
         "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
     compile: bool = opt(False, "torch.compile the student and teacher backbones")
     log_every: int = opt(10, "steps between scalar logs", gt=0)
-    image_every: int = opt(500, "steps between crop/part-label images in TensorBoard; 0 disables", ge=0)
+    image_every: int = opt(500, "steps between crop/part-label images in TensorBoard (also of the first and "
+                                "the last batch); 0 disables", ge=0)
     deterministic: bool = opt(False, "ask torch for deterministic kernels (CPU runs are exact anyway)")
+    cpu_threads: int = opt(0, "torch threads per process when running on the CPU; 0 = torch's default. "
+                              "1 suits the tiny demo model on a small or shared CPU", ge=0)
 
 
 @dataclass

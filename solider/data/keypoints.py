@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from solider.data.images import IMAGE_EXTENSIONS
+from solider.utils.cli import UserError
 from solider.utils.logging import get_logger, log_skipped
 
 logger = get_logger(__name__)
@@ -105,7 +106,7 @@ def read_keypoints(path: str | Path) -> KeypointTable:
     suffix = Path(path).suffix.lower()
     readers = {".json": read_coco_keypoints, ".csv": read_openpose_csv, ".jsonl": read_keypoints_jsonl}
     if suffix not in readers:
-        raise ValueError(f"keypoint file {path}: unknown extension {suffix!r}; expected .json (COCO), "
+        raise UserError(f"keypoint file {path}: unknown extension {suffix!r}; expected .json (COCO), "
                          ".csv (OpenPose-18 Market annotation) or .jsonl")
     return readers[suffix](path)
 
@@ -115,7 +116,7 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
     with open(path) as f:
         data = json.load(f)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise ValueError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations')")
+        raise UserError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations')")
     images = {img["id"]: img for img in data["images"]}
     entries: dict[str, np.ndarray] = {}
     sizes: dict[str, tuple[int, int]] = {}
@@ -169,7 +170,7 @@ def read_openpose_csv(path: str | Path) -> KeypointTable:
         reader = csv.reader(f, delimiter=":")
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != ["name", "keypoints_y", "keypoints_x"]:
-            raise ValueError(f"{path}: expected the header 'name:keypoints_y:keypoints_x', got {header}")
+            raise UserError(f"{path}: expected the header 'name:keypoints_y:keypoints_x', got {header}")
         for lineno, row in enumerate(reader, 2):
             if not row:
                 continue
@@ -289,7 +290,7 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
             lost_joints += lost
         out.append(clean)
     if table.entries and not used:
-        raise ValueError(f"none of the {len(table.entries)} keypoint entries in {table.source} matches any "
+        raise UserError(f"none of the {len(table.entries)} keypoint entries in {table.source} matches any "
                          f"of the {len(image_paths)} images; tried keys {tried} (path relative to "
                          f"{root_str}, "
                          f"then basename); the file has keys like {list(table.entries)[:3]}")

@@ -319,4 +319,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from solider.utils.cli import run_entry
+
+    run_entry(main, "python -m solider.data.kitti")

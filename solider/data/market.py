@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solider.data.images import is_image_file
-from solider.utils.logging import get_logger
+from solider.utils.logging import get_logger, shorten
 
 logger = get_logger(__name__)
 
@@ -102,10 +102,11 @@ def find_market_root(root: str | Path) -> Path | None:
 def _list_split(folder: Path, root: Path) -> list[tuple[str, str]]:
     """Sorted (file name, path) of the images in a split folder (strings: pathlib is slow at 100k files)."""
     if not folder.is_dir():
-        existing = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        existing = sorted(repr(p.name) for p in root.iterdir()) if root.is_dir() else []
+        holds = f"[{shorten(existing)}]" if existing else "nothing"
         raise FileNotFoundError(f"split folder {folder} is missing; expected "
                                 f"{sorted(MARKET_SPLITS.values())} "
-                                f"in {root}, which holds {existing or 'nothing'}")
+                                f"in {root}, which holds {holds}")
     with os.scandir(folder) as it:  # scandir: the file type without one stat call per image
         files = sorted((e.name, e.path) for e in it if e.is_file())
     images = [f for f in files if is_image_file(f[0])]
@@ -259,7 +260,9 @@ def read_reid_dataset(root: str | Path,
     if find_market_root(root) is not None:
         return read_market1501(root, splits)
     root = Path(root)
-    existing = sorted(p.name for p in root.iterdir()) if root.is_dir() else "nothing (not a folder)"
+    # a root pointed one level too deep (at bounding_box_train) holds thousands of images: cut the list
+    existing = (f"[{shorten(sorted(repr(p.name) for p in root.iterdir()))}]" if root.is_dir()
+                else "nothing (not a folder)")
     raise FileNotFoundError(f"{root} is neither Market-1501 layout ({sorted(MARKET_SPLITS.values())}, "
                             f"optionally under {MARKET_SUBFOLDER}/) nor MSMT17 (list_train.txt ...); "
                             f"it holds {existing}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solider.data.images import ImageDecodeError, is_image_file, read_image_size
+from solider.utils.cli import UserError
 from solider.utils.logging import get_logger, log_skipped
 
 logger = get_logger(__name__)
@@ -85,7 +86,7 @@ def list_images(source: str | Path) -> tuple[str, list[str]]:
     else:
         raise FileNotFoundError(f"image source {source} is neither a folder nor a list file")
     if not paths:
-        raise ValueError(f"no images (.jpg/.jpeg/.png/.bmp, any case) found in {source}")
+        raise UserError(f"no images (.jpg/.jpeg/.png/.bmp, any case) found in {source}")
     return root, paths
 
 
@@ -133,6 +134,6 @@ def index_unlabeled_images(source: str | Path, min_height: int = 0, max_aspect: 
     skipped = {"missing": len(missing), "unreadable": len(unreadable), "too_short": len(too_short),
                "too_wide": len(too_wide)}
     if not kept:
-        raise ValueError(f"no crops left in {source} after filtering: {skipped} of {len(paths)} images")
+        raise UserError(f"no crops left in {source} after filtering: {skipped} of {len(paths)} images")
     logger.info("indexed %d of %d crops in %s", len(kept), len(paths), source)
     return UnlabeledIndex(root, kept, skipped)

@@ -1,7 +1,7 @@
 """Swin Transformer in the mmseg layout used by SOLIDER, with the semantic controller.
 
 Computes what the official SOLIDER ``swin_transformer.py`` computes (see
-docs/reference/solider.md §0-1 and docs/BACKBONE.md), with the official module names so that
+docs/BACKBONE.md, "Parity facts"), with the official module names so that
 official checkpoints load key for key:
 
 * patch embedding: 4×4/4 conv after zero padding of the bottom/right image border when the size is

@@ -37,6 +37,13 @@ def setup_logging(is_main_process: bool = True, level: int = logging.INFO) -> No
     root.setLevel(level if is_main_process else logging.WARNING)
 
 
+def shorten(items, show: int = 8) -> str:
+    """``a, b, c, ... (and 7236 more)``: a listing in a message stays one readable line."""
+    items = list(items)
+    head = ", ".join(str(x) for x in items[:show])
+    return head + (f", ... (and {len(items) - show} more)" if len(items) > show else "")
+
+
 def log_skipped(logger: logging.Logger, what: str, paths: list, total: int | None = None,
                 show: int = 5, verb: str = "skipped") -> None:
     """Report skipped (or otherwise ``verb``-ed) inputs with a count and the first few items: nothing

@@ -47,8 +47,21 @@ class RunLogger:
         self.output_dir = Path(output_dir)
         self.is_main = accelerator.is_main_process
         self.tb_dir = self.output_dir / run_name
-        accelerator.init_trackers(run_name, config=flatten_for_hparams(config or {}))
+        # no config here: accelerate would write the hparams into a new run folder named by a
+        # timestamp (one extra "run" per training run in TensorBoard's list); see _write_hparams
+        accelerator.init_trackers(run_name)
+        if self.is_main and config:
+            self._write_hparams(flatten_for_hparams(config))
         self._jsonl = open(self.output_dir / "log.jsonl", "a") if self.is_main else None
+
+    def _write_hparams(self, flat: dict[str, Any]) -> None:
+        """The config in TensorBoard's HParams tab, written into this run's own event file."""
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        for summary in hparams(flat, metric_dict={}):
+            writer.file_writer.add_summary(summary)
+        writer.flush()
 
     def log(self, values: dict[str, Any], step: int) -> None:
         """Log scalars (tensors are converted; non-finite values are kept in JSON as strings)."""

@@ -22,6 +22,11 @@ def test_onnx_parity_json_and_safetensors(tiny_run, tmp_path):
     result = main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "model.onnx")])
     assert set(result["parity"]) == {1, 7} and max(result["parity"].values()) < 1e-4
 
+    # every output gets the same permissions (safetensors alone used to write its file 0600)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777
+             for name in ("model.onnx", "model.json", "model.safetensors")}
+    assert len(set(modes.values())) == 1 and modes["model.safetensors"] & 0o044, modes
+
     model, cfg, _ = load_finetuned(ckpt)
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["img_size"] == [64, 32] and meta["feature_dim"] == 32 and meta["normalized"] is True

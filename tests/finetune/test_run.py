@@ -5,6 +5,7 @@ checkpoints), --eval-only, --init from pretraining and official checkpoints, bit
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -28,12 +29,17 @@ def test_training_raises_map_and_writes_every_output(tiny_run):
     assert {"rank1", "rank5", "rank10", "mINP", "num_query", "num_gallery"} <= set(final)
     assert result["metrics"] == final
 
-    events = EventAccumulator(str(out / "tb"))
+    events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/id_loss", "train/triplet_loss", "train/lr", "train/id_acc", "train/d_ap",
             "train/d_an", "train/active_triplets", "eval/mAP", "eval/rank1", "eval/mINP"} <= tags
     assert [e.step for e in events.Scalars("eval/mAP")] == [0, 32, 64]
+    # images: the first P x K batch (4 identities x 2 images, captioned) and a ranked list per evaluation
+    (batch,) = events.Images("train/pk_batch")
+    assert batch.step == 0 and batch.height > 4 * 64 and batch.width == 2 * 32
+    assert [e.step for e in events.Images("eval/ranked_list")] == [0, 32, 64]
+    assert [p.name for p in (out / "tb").iterdir() if p.is_dir()] == []  # no timestamp-named runs
 
     last, best = safe_load(out / "checkpoints" / "last.pt"), safe_load(out / "checkpoints" / "best.pt")
     assert last["kind"] == best["kind"] == KIND and last["step"] == 64 and last["num_classes"] == 8
@@ -76,7 +82,7 @@ def _pretraining_checkpoint(path, backbone) -> None:
 
 
 @pytest.mark.parametrize("source", ["teacher", "student", "official"])
-def test_init_from_pretraining_and_official_checkpoints(source, tiny_market, tmp_path):
+def test_init_from_pretraining_and_official_checkpoints(source, tiny_market, tmp_path, caplog):
     torch.manual_seed(3)
     backbone = build_backbone({"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7})
     for p in backbone.parameters():
@@ -87,8 +93,15 @@ def test_init_from_pretraining_and_official_checkpoints(source, tiny_market, tmp
     else:
         _pretraining_checkpoint(ckpt, backbone)
     extra = [f"init.source={source}"] if source == "student" else []
-    main(["--init", str(ckpt), *tiny_args(tiny_market, tmp_path / "run", "train.max_steps=1", "optim.lr=1e-9",
-                                          "train.epochs=1", "model.drop_path_rate=0", *extra)])
+    with caplog.at_level(logging.INFO):
+        main(["--init", str(ckpt), *tiny_args(tiny_market, tmp_path / "run", "train.max_steps=1",
+                                              "optim.lr=1e-9", "train.epochs=1", "model.drop_path_rate=0",
+                                              *extra)])
+    # the backbone's load report appears once, inside the init report, naming the file
+    assert caplog.text.count("backbone tensors") == 1 and "<state dict>" not in caplog.text
+    assert f"{ckpt}: " in caplog.text
+    assert "fine-tuning run:" in caplog.text and "GFLOP per 64x32 image" in caplog.text
+    assert "8 per process (P x K = 4 x 2), 8 global" in caplog.text
     loaded = safe_load(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     shift = 1.0 if source == "student" else 0.0
     for key in ("patch_embed.projection.weight", "stages.1.blocks.1.attn.w_msa.qkv.weight", "norm1.weight"):

@@ -10,7 +10,7 @@ import torch
 
 from solider.config import load_config, to_dict
 from solider.data.synthetic import generate_market_dataset
-from solider.part_agreement import agreement, main, mask_to_grid, measure
+from solider.part_agreement import _percent, agreement, main, mask_to_grid, measure
 from solider.pretrain import build_networks
 from solider.pretrain_config import PretrainConfig
 
@@ -53,6 +53,10 @@ def test_keypoint_labels_agree_with_the_renderer_and_the_json_is_written(tmp_pat
     assert 0.0 <= cl["valid_share"] <= 1.0
     if cl["images"]:  # an untrained teacher's clusters: far from the truth, but measured
         assert 0.0 <= cl["accuracy"] <= 1.0
+
+
+def test_an_absent_part_prints_as_absent_not_nan():
+    assert _percent(float("nan")) == "absent" and _percent(0.5) == "50.0"
 
 
 def test_bad_inputs_are_named(tmp_path):

@@ -1,6 +1,7 @@
 """Pretraining through the real entry point at a tiny size: outputs, TensorBoard tags, checkpoint
 layout, loading in the backbone loader, bit-exact resume, and the non-finite-loss stop."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -34,10 +35,18 @@ def _args(root: Path, out: Path, *extra: str) -> list[str]:
             "monitor.batch_size=16", *extra]
 
 
-def test_end_to_end_outputs_and_layout(tiny_market, tmp_path):
+def test_end_to_end_outputs_and_layout(tiny_market, tmp_path, caplog):
     out = tmp_path / "run"
-    result = main(_args(tiny_market, out, "train.max_steps=3", "checkpoint.every_steps=2"))
+    with caplog.at_level(logging.INFO):
+        result = main(_args(tiny_market, out, "train.max_steps=3", "checkpoint.every_steps=2"))
     assert result["step"] == 3
+    # the run summary says what is about to run
+    for expected in ("pretraining run:", "configs/pretrain/demo.yaml (the demo: no --config given",
+                     "GFLOP per 64x32 image", "16 crops from", "keypoints for 100 %",
+                     "4 per process, 4 global",
+                     "3 (from 0; 4 per epoch, 2 epochs, stopped by train.max_steps=3)",
+                     "every 2 steps and each epoch"):
+        assert expected in caplog.text, expected
     assert (out / "config.yaml").is_file() and (out / "log.jsonl").is_file()
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["last.pt", "step_00000002.pt"]
@@ -58,6 +67,10 @@ def test_end_to_end_outputs_and_layout(tiny_market, tmp_path):
                 "train/teacher_movement", *MONITOR_TAGS):
         assert tag in scalars, tag
     assert "train/part_labels" in events.Tags()["images"]
+    # the first batch (step 0), every train.image_every=2 steps, and the end (step 3), with a legend
+    images = events.Images("train/part_labels")
+    assert [e.step for e in images] == [0, 2, 3] and images[0].height > 64
+    assert [p.name for p in (out / "tb").iterdir() if p.is_dir()] == []  # no timestamp-named runs
 
     # the teacher backbone loads strictly in the backbone loader, also after an official export
     model = build_swin(TINY, img_size=(64, 32))

@@ -22,6 +22,13 @@ def test_scalars_images_and_jsonl(tmp_path):
     assert {"train/loss", "train/lr"} <= set(events.Tags()["scalars"])
     assert "train/crops" in events.Tags()["images"]
     assert events.Scalars("train/loss")[0].step == 3
+    # the config is in the run's own folder (HParams tab), with no timestamp-named run beside it
+    assert [p.name for p in (tmp_path / "tb").iterdir() if p.is_dir()] == []
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["optim.lr"].number_value == 0.1 and start.hparams["seed"].number_value == 0
 
 
 def test_flatten_for_hparams():
