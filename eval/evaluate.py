@@ -40,7 +40,13 @@ from eval.plots import (
     worst_queries,
 )
 from eval.rerank import k_reciprocal_rerank_features
-from solider.checkpoint import BACKBONE_PREFIXES, infer_arch, load_backbone_weights, safe_load
+from solider.checkpoint import (
+    BACKBONE_PREFIXES,
+    check_declared_size,
+    infer_arch,
+    load_backbone_weights,
+    safe_load,
+)
 from solider.config import build_arg_parser, config_from_args, opt, save_config, section, to_dict
 from solider.data.datasets import ReIDImageDataset
 from solider.data.market import read_reid_dataset
@@ -183,10 +189,13 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
         arch = _checkpoint_arch(obj) or "swin_tiny"
     img_size = tuple(_pick(m.img_size, ck_model.get("img_size"), (256, 128)))
     weight = float(_pick(m.semantic_weight, ck_model.get("semantic_weight"), 0.2))
+    if obj is not None:  # architecture numbers from the file: bounded by what it stores
+        check_declared_size(lambda: build_swin(arch, img_size=img_size, semantic_weight=weight), obj, path,
+                            "the architecture read from it")
     torch.manual_seed(cfg.seed)
     model = build_swin(arch, img_size=img_size, semantic_weight=weight)
     if obj is not None:
-        load_backbone_weights(model, obj)
+        load_backbone_weights(model, obj, name=str(path))
     name = arch if isinstance(arch, str) else "custom Swin"
     settings = {"img_size": img_size, "mean": tuple(_pick(cfg.data.mean, ck_data.get("mean"), IMAGENET_MEAN)),
                 "std": tuple(_pick(cfg.data.std, ck_data.get("std"), IMAGENET_STD)),
