@@ -49,6 +49,7 @@ from solider.checkpoint import (
 )
 from solider.config import build_arg_parser, config_from_args, opt, save_config, section, to_dict
 from solider.data.datasets import ReIDImageDataset
+from solider.data.image_check import check_evaluation_images
 from solider.data.market import read_reid_dataset
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reid_test_transform
 from solider.models.swin import build_swin
@@ -111,6 +112,7 @@ class PlotSection:
 @dataclass
 class EvalConfig:
     output_dir: str = opt("runs/eval", "where config.yaml, metrics.json, features.npz and plots go (--out)")
+    overwrite: bool = opt(False, "replace the metrics.json / features.npz in output_dir (default: refuse)")
     device: str = opt("auto", "auto (CUDA if available) | cpu | cuda | cuda:N")
     seed: int = opt(0, "seed of the random weights of --checkpoint random")
     model: ModelSection = section(ModelSection, "backbone (None = from the checkpoint)")
@@ -215,6 +217,7 @@ def _extract(source: str, cfg: EvalConfig, device: torch.device) -> tuple[SplitF
     model, s = build_model_from_checkpoint(source, cfg)
     log.info("model: %s", s["description"])
     dataset = read_reid_dataset(cfg.data.root, splits=("query", "gallery"))
+    check_evaluation_images({"query": dataset.query, "gallery": dataset.gallery}, f"--data {cfg.data.root}")
     log.info("%s", dataset.summary())
     transform = build_reid_test_transform(s["img_size"], s["mean"], s["std"], cfg.data.interpolation)
     model.to(device)

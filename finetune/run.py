@@ -34,10 +34,13 @@ from finetune.model import Embedder, ReIDModel
 from finetune.optim import LRSchedule, build_optimizer, param_groups, set_epoch_lr
 from finetune.step import LossWeights, metric_values, reid_step
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
+from solider.data.image_check import check_evaluation_images
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
+from solider.utils.preemption import Preemption
 from solider.utils.seed import seed_everything
 from solider.utils.tracking import RunLogger
 from solider.utils.training import (
@@ -94,6 +97,8 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
                             cfg.data.synthetic_images_per_camera)
         data = load_dataset(root, train=not eval_only)
     logger.info("%s", describe(data, root))
+    # a bad query / gallery file fails now, not at the first evaluation hours later
+    check_evaluation_images({"query": data.query, "gallery": data.gallery}, f"data.root={root}")
     aug, pin = cfg.augment, device.type == "cuda"
     test_tf = build_reid_test_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation)
     loaders = [build_test_loader(recs, test_tf, cfg.eval.batch_size, rank, world, cfg.data.num_workers, pin)
@@ -233,8 +238,15 @@ def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, st
     progress.set_postfix(loss=f"{values['train/loss']:.3f}", acc=f"{values['train/id_acc']:.2f}")
 
 
+def _evaluation_due(cfg: FinetuneConfig, step: int, spe: int, stop: int) -> bool:
+    """An evaluation follows this step: the end of the run, or an end of epoch per eval.every_epochs."""
+    done = step // spe  # completed epochs
+    every = cfg.eval.every_epochs
+    return step >= stop or bool(every and step % spe == 0 and done % every == 0)
+
+
 def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker: RunLogger,
-          checkpoints: CheckpointManager) -> int:
+          checkpoints: CheckpointManager, preemption: Preemption | None = None) -> int:
     """The loop, from ``step`` to the stop; evaluates per ``eval.*`` and at the end. Returns the step."""
     spe, first = run.train.steps_per_epoch, step
     total = cfg.train.epochs * spe
@@ -246,6 +258,10 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
                 run.schedule.lr(cfg.optim.warmup_epochs + 1), run.schedule.lr(cfg.train.epochs))
     if step == 0 and cfg.eval.at_start:  # the initial model; best.pt stays the best evaluated state
         evaluate(cfg, run, 0, history, tracker, checkpoints)
+    elif step > 0 and _evaluation_due(cfg, step, spe, stop) and (not history or history[-1]["step"] != step):
+        # resumed from the save made just before an evaluation that did not finish: do it now
+        evaluate(cfg, run, step, history, tracker, checkpoints)
+        checkpoints.save(checkpoint_state(cfg, run, step, history), step)
     progress = tqdm(total=stop, initial=step, disable=not run.accelerator.is_main_process, desc="finetune")
     run.model.train()
     last_log, tic = step, time.perf_counter()
@@ -264,21 +280,24 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
                 last_log, tic = step, time.perf_counter()
             if step % cfg.checkpoint.every_steps == 0:
                 checkpoints.save(checkpoint_state(cfg, run, step, history), step, periodic=True)
+            if preemption is not None and preemption.requested(run.accelerator):  # SIGTERM / SIGUSR1
+                checkpoints.save(checkpoint_state(cfg, run, step, history), step)
+                preemption.exit(step, checkpoints.directory / "last.pt")
             if step >= stop:
                 break
-        done = step // spe  # completed epochs
-        if step >= stop or (cfg.eval.every_epochs and step % spe == 0 and done % cfg.eval.every_epochs == 0):
+        if _evaluation_due(cfg, step, spe, stop):
+            # saved first: an evaluation that fails (a bad gallery file, no memory) loses no training
+            checkpoints.save(checkpoint_state(cfg, run, step, history), step)
             evaluate(cfg, run, step, history, tracker, checkpoints)
         checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # end of an epoch or of the run
         run.accelerator.wait_for_everyone()
     progress.close()
     if step == first:  # resumed at the stop, e.g. from a periodic file after a kill inside last.pt's save
-        if not history or history[-1]["step"] != step:
-            evaluate(cfg, run, step, history, tracker, checkpoints)
         checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # last.pt holds the final state
     return step
 
 
+@releases_output_lock
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_config(argv)
     output_dir = Path(cfg.output_dir)
@@ -286,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(accelerator.is_main_process)
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
+    if accelerator.is_main_process:
+        lock_output_dir(output_dir)  # before anything is written: a second run into it stops here
+    check_existing_results(output_dir, cfg.resume, cfg.overwrite, accelerator.is_main_process)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -307,7 +329,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate(cfg, run, step, history, tracker, None)
         tracker.close()
         return {"step": step, "metrics": history[-1] if history else None}
-    step = train(cfg, run, step, history, tracker, checkpoints)
+    preemption = Preemption()
+    step = train(cfg, run, step, history, tracker, checkpoints, preemption)
+    preemption.close()
     failures = run.train.dataset.load_failures
     if failures:
         logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)

@@ -453,7 +453,8 @@ def _reconcile(backbone: dict[str, Tensor], own: dict[str, Tensor], report: Load
 
 
 def load_backbone_weights(model: nn.Module, path_or_state_dict: PathLike | Mapping[str, Any],
-                          source: str = "teacher", strict: bool = True, name: str | None = None) -> LoadReport:
+                          source: str = "teacher", strict: bool = True, name: str | None = None
+                          ) -> LoadReport:
     """Load Swin backbone weights from any known checkpoint layout into ``model``.
 
     Recognised: our pretraining checkpoints and the official SOLIDER ones (``teacher`` /

@@ -75,7 +75,7 @@ class UniqueKeySafeLoader(yaml.SafeLoader):
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} at line {seen[key] + 1} and again at line "
-                    f"{key_node.start_mark.line + 1} (only one may be given; YAML would keep the last silently)")
+                    f"{key_node.start_mark.line + 1} (give it once: YAML would keep the last silently)")
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -302,7 +302,8 @@ def _check_value_rules(name: str, value: Any, key: str) -> None:
             raise ConfigError(f"{where}: value {v!r} is not a finite number")
         numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
         if numeric and (name == "std" or name.endswith("size")) and not v > 0:
-            raise ConfigError(f"{where}: value {v!r} must be > 0 ({'a normalisation std' if name == 'std' else 'a size'})")
+            what = "a normalisation std" if name == "std" else "a size"
+            raise ConfigError(f"{where}: value {v!r} must be > 0 ({what})")
     if name == "seed" and isinstance(value, int) and not SEED_RANGE[0] <= value < SEED_RANGE[1]:
         raise ConfigError(f"{key}: value {value!r} must be in [0, 2**32)")
     if name == "output_dir" and isinstance(value, str) and not value.strip():

@@ -45,6 +45,8 @@ from solider.schedules import cosine_schedule, scale_lr
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
+from solider.utils.preemption import Preemption
 from solider.utils.seed import (
     PerSampleSeeded,
     capture_rng_state,
@@ -189,6 +191,7 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
 
 
+@releases_output_lock
 def main(argv: list[str] | None = None) -> dict:
     parser = build_arg_parser(PretrainConfig, __doc__, prog="solider/pretrain.py")
     args = parser.parse_args(argv)
@@ -200,6 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(accelerator.is_main_process)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
     device, world = accelerator.device, accelerator.num_processes
+    if accelerator.is_main_process:
+        lock_output_dir(output_dir)  # before anything is written: a second run into it stops here
+    check_existing_results(output_dir, cfg.resume, cfg.overwrite, accelerator.is_main_process)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -247,9 +253,6 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
     step = 0
     resumed = load_resume_state(cfg.resume, output_dir)
-    if resumed is None and (checkpoints.directory / "last.pt").exists():
-        logger.warning("%s already holds checkpoints; this run starts from scratch and will overwrite "
-                       "them (pass resume=auto to continue instead)", checkpoints.directory)
     if resumed is not None:
         with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
             step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
@@ -265,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=0)
 
     # ---- loop
+    preemption = Preemption()
     progress = tqdm(total=stop, initial=step, disable=not accelerator.is_main_process, desc="pretrain")
     last_log, tic = step, time.perf_counter()
     data_time = 0.0
@@ -322,6 +326,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                   step, step / spe), step, periodic=True)
             if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
                 run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
+            if preemption.requested(accelerator):  # SIGTERM / SIGUSR1: this step is done, keep it
+                checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
+                                                  step, step / spe), step)
+                preemption.exit(step, checkpoints.directory / "last.pt")
             if step >= stop:
                 break
             fetch = time.perf_counter()
@@ -332,6 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log(run_monitor(teacher, monitor, device, cfg.monitor.batch_size), step=step)
         accelerator.wait_for_everyone()
     progress.close()
+    preemption.close()
     if step == first_step:
         # resumed at the stop (e.g. from a periodic file after a kill inside last.pt's save): make
         # last.pt hold the final state, as an uninterrupted run leaves it

@@ -69,7 +69,8 @@ def walk_files(top: str | os.PathLike, keep: Callable[[str], bool] = lambda name
                 continue
             key = (s.st_dev, s.st_ino)
             if key in visited:
-                result.repeated_links.append(f"{entry.path} (-> {os.path.realpath(entry.path)}, already visited)")
+                target = os.path.realpath(entry.path)
+                result.repeated_links.append(f"{entry.path} (-> {target}, already visited)")
                 continue
             visited.add(key)
             subdirs.append(entry.path)
