@@ -100,7 +100,8 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
             tasks.append(Task(f"plots/{arm}", _py(
                 "eval/evaluate.py", "--checkpoint", str(out / _ft_name(arm, seed, DEFAULT_LAMBDA) /
                                                          "checkpoints/last.pt"),
-                *before, "--data", str(data), "--out", str(o), "data.num_workers=0"), o,
+                *before, "--data", str(data), "--out", str(o), "data.num_workers=0",
+                "overwrite=true"), o,  # an evaluation that stopped half-way is simply redone
                 [_ft_name(arm, seed, DEFAULT_LAMBDA)] + ([f"pretrain/{arm}_s{seed}"] if before else [])))
     if "lambda" in stages:
         for seed in seeds:

@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -31,7 +32,8 @@ from solider.utils.logging import get_logger
 logger = get_logger(__name__)
 
 __all__ = ["LOCK_NAME", "OutputDirInUse", "ExistingResults", "lock_output_dir", "release_output_locks",
-           "releases_output_lock", "existing_results", "check_existing_results"]
+           "releases_output_lock", "existing_results", "check_existing_results", "OutputPathError",
+           "check_output_files"]
 
 LOCK_NAME = "run.lock"
 _held: list[IO[str]] = []  # lock files this process holds, released by release_output_locks
@@ -103,21 +105,21 @@ def releases_output_lock(main):
     return wrapper
 
 
-def existing_results(output_dir: str | os.PathLike, result_files: tuple[str, ...] = ("metrics.json",)
-                     ) -> list[Path]:
-    """Result files of an earlier run in ``output_dir``: checkpoints (``checkpoints/*.pt``) and
-    ``result_files``."""
+def existing_results(output_dir: str | os.PathLike, result_files: tuple[str, ...] = ("metrics.json",),
+                     checkpoints: bool = True) -> list[Path]:
+    """Result files of an earlier run in ``output_dir``: ``result_files`` and (``checkpoints``) the
+    checkpoints (``checkpoints/*.pt``)."""
     output_dir = Path(output_dir)
     found = [output_dir / name for name in result_files if (output_dir / name).is_file()]
-    checkpoints = output_dir / "checkpoints"
-    if checkpoints.is_dir():
-        found += sorted(p for p in checkpoints.iterdir() if p.suffix == ".pt" and p.is_file())
+    folder = output_dir / "checkpoints"
+    if checkpoints and folder.is_dir():
+        found += sorted(p for p in folder.iterdir() if p.suffix == ".pt" and p.is_file())
     return found
 
 
 def check_existing_results(output_dir: str | os.PathLike, resume: str | None, overwrite: bool,
                            is_main_process: bool = True, result_files: tuple[str, ...] = ("metrics.json",),
-                           can_resume: bool = True) -> None:
+                           can_resume: bool = True, checkpoints: bool = True) -> None:
     """Apply the rule: results present -> continue (``resume`` set), replace (``overwrite``), or refuse.
 
     With ``overwrite`` the main process removes the old result files first (logged), so a later
@@ -126,7 +128,8 @@ def check_existing_results(output_dir: str | os.PathLike, resume: str | None, ov
     Raises:
         ExistingResults: results present, no ``resume``, no ``overwrite``.
     """
-    found = existing_results(output_dir, result_files)
+    output_dir = Path(output_dir)
+    found = existing_results(output_dir, result_files, checkpoints)
     if not found or (resume is not None and can_resume):
         return
     names = ", ".join(str(p.relative_to(output_dir)) for p in found[:5]) + (" ..." if len(found) > 5 else "")
@@ -140,3 +143,31 @@ def check_existing_results(output_dir: str | os.PathLike, resume: str | None, ov
     how = "pass resume=auto to continue it, " if can_resume else ""
     raise ExistingResults(f"output_dir {output_dir} already holds the results of a run ({names}); {how}"
                           "pass overwrite=true to replace them, or choose another output_dir")
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (checked before the work starts)."""
+
+
+def check_output_files(files: list[str | os.PathLike], flag: str = "--out") -> None:
+    """Check, before hours of work, that every file of ``files`` can be written: its folder exists
+    (created if missing) and takes a new file, and the name is not a folder.
+
+    Raises:
+        OutputPathError: naming ``flag``, the path and what is wrong.
+    """
+    for file in map(Path, files):
+        if file.is_dir():
+            raise OutputPathError(f"{flag} {file}: is a folder; a file of that name must go there")
+        parent = file.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputPathError(f"{flag} {file}: cannot create its folder {parent}: "
+                                  f"{exc.strerror or exc}") from None
+        try:  # the only reliable test of writability (ACLs, read-only mounts, quotas of 0)
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=".write_test_")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputPathError(f"{flag} {file}: cannot write into {parent}: {exc.strerror or exc}") from None
