@@ -37,6 +37,7 @@ from solider.config import build_arg_parser, config_from_args, save_config, to_d
 from solider.data.image_check import check_evaluation_images
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
+from solider.utils.data_agreement import check_same_data, data_fingerprint
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
@@ -109,6 +110,11 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
                                               aug.flip_p, aug.padding, aug.erasing_p, aug.erasing_mode)
         train = build_train_data(data, train_tf, cfg.train.batch_size, cfg.train.num_instances, cfg.seed,
                                  rank, world, cfg.data.num_workers, pin)
+    # before any collective that a process with other data would hang in: stop naming the rank
+    for name, records, spe in (("training data", data.train, train.steps_per_epoch if train else 0),
+                               ("query data", data.query, 0), ("gallery data", data.gallery, 0)):
+        check_same_data(accelerator, data_fingerprint([r.path for r in records],
+                                                      [(r.pid, r.camid) for r in records], spe, str(root)), name)
 
     num_classes = 0 if eval_only else data.num_train_pids  # evaluation needs no classifier
     model = build_model(cfg, num_classes)

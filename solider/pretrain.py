@@ -43,6 +43,7 @@ from solider.pretrain_data import (
 from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import cosine_schedule, scale_lr
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
+from solider.utils.data_agreement import check_same_data, data_fingerprint
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
@@ -228,6 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                      cfg.data.max_aspect), cfg.seed)
     sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed,
                                   accelerator.process_index, world)
+    # before any collective that a process with other data would hang in: stop naming the rank
+    check_same_data(accelerator, data_fingerprint(dataset.dataset.paths, None, sampler.batches_per_epoch,
+                                                  str(source.images)), "pretraining data")
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
