@@ -53,8 +53,8 @@ from solider.data.image_check import check_evaluation_images
 from solider.data.market import read_reid_dataset
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reid_test_transform
 from solider.models.swin import build_swin
-from solider.utils.output_dir import check_existing_results, check_output_files
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_existing_results, check_output_files
 
 log = get_logger("eval.evaluate")
 
@@ -306,8 +306,8 @@ def run(cfg: EvalConfig, source: str, compare: str | None = None) -> dict:
     """Evaluate ``source`` (checkpoint / "random" / .npz) and optionally ``compare``; write outputs."""
     out = Path(cfg.output_dir)
     # before the work: every output writable, and no earlier results replaced unless asked
-    check_output_files([out / name for name in ("config.yaml", "metrics.json", "features.npz", "distances.png",
-                                                "cmc.png", "ranked.png")], "--out")
+    names = ("config.yaml", "metrics.json", "features.npz", "distances.png", "cmc.png", "ranked.png")
+    check_output_files([out / name for name in names], "--out")
     check_existing_results(out, None, cfg.overwrite, result_files=("metrics.json", "features.npz"),
                            can_resume=False, checkpoints=False)
     save_config(cfg, out / "config.yaml")

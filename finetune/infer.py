@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--out {args.out}: expected a file name ending in .json or .npy")
     setup_logging()
     out = Path(args.out)
-    sidecars = [_sidecar(out, ".skipped.txt")] + ([_sidecar(out, ".paths.txt")] if out.suffix == ".npy" else [])
+    sidecars = [_sidecar(out, ".skipped.txt")] + [_sidecar(out, ".paths.txt")] * (out.suffix == ".npy")
     check_output_files([out, *sidecars], "--out")  # before the model and the images are read
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -400,8 +400,8 @@ def main(argv: list[str] | None = None) -> dict:
     files = write_embeddings(args.out, result.paths, result.embeddings)
     skipped_file = _sidecar(Path(args.out), ".skipped.txt")
     if result.skipped:
-        _atomic_write_bytes(skipped_file, b"".join(_path_bytes(p) + b"\t" + r.encode("utf-8", "replace") + b"\n"
-                                                   for p, r in result.skipped))
+        _atomic_write_bytes(skipped_file, b"".join(_path_bytes(p) + b"\t" + r.encode("utf-8", "replace")
+                                                   + b"\n" for p, r in result.skipped))
     elif skipped_file.exists():
         skipped_file.unlink()  # a stale list from an earlier run would mislead
     # a file name that is not UTF-8 is printed with \udcXX escapes rather than failing at the very end

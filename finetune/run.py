@@ -113,8 +113,9 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     # before any collective that a process with other data would hang in: stop naming the rank
     for name, records, spe in (("training data", data.train, train.steps_per_epoch if train else 0),
                                ("query data", data.query, 0), ("gallery data", data.gallery, 0)):
-        check_same_data(accelerator, data_fingerprint([r.path for r in records],
-                                                      [(r.pid, r.camid) for r in records], spe, str(root)), name)
+        labels = [(r.pid, r.camid) for r in records]
+        fingerprint = data_fingerprint([r.path for r in records], labels, spe, str(root))
+        check_same_data(accelerator, fingerprint, name)
 
     num_classes = 0 if eval_only else data.num_train_pids  # evaluation needs no classifier
     model = build_model(cfg, num_classes)

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, (name, init) in enumerate(arms.items(), start=2):
         folder = out / ("finetune" if init != "none" else "finetune_scratch")
         times[name] = run([py, "finetune/run.py", "--config", "configs/finetune/demo.yaml", "--init", init,
-                           f"output_dir={folder}", "overwrite=true", *quick_ft], f"{i}/4 fine-tuning from {name}")
+                           f"output_dir={folder}", "overwrite=true", *quick_ft],
+                          f"{i}/4 fine-tuning from {name}")
     eval_cmd = [py, "eval/evaluate.py", "--data", str(finetune_data_root()),
                 "--checkpoint", str(out / "finetune" / "checkpoints" / "best.pt"),
                 "--compare", str(ckpt), "--out", str(out / "eval"), "overwrite=true"]

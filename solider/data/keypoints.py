@@ -140,7 +140,8 @@ def _line_number(item: str) -> int:
 
 
 def _positive_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+        and value > 0
 
 
 def _image_size(rec: dict) -> tuple[int, int] | None:
@@ -158,7 +159,8 @@ def _image_size(rec: dict) -> tuple[int, int] | None:
 
 
 def _numbers(values) -> bool:
-    return isinstance(values, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    return isinstance(values, list) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                            for v in values)
 
 
 def _report_duplicates(path, duplicates: list[str]) -> None:
@@ -187,7 +189,8 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
     for i, img in enumerate(data["images"]):
         name = img.get("file_name") if isinstance(img, dict) else None
         image_id = img.get("id") if isinstance(img, dict) else None
-        if not (isinstance(name, str) and name and isinstance(image_id, int | str)) or isinstance(image_id, bool):
+        valid_id = isinstance(image_id, int | str) and not isinstance(image_id, bool)
+        if not (isinstance(name, str) and name and valid_id):
             bad_images.append(f"images[{i}] (needs an 'id' and a 'file_name')")
             continue
         try:
@@ -272,7 +275,8 @@ def read_openpose_csv(path: str | Path) -> KeypointTable:
         seen[name] = lineno
         names.append(name)
         rows.append((xs, ys))
-    log_skipped(logger, f"rows of {path} that do not hold 18 y and 18 x values", sorted(bad, key=_line_number))
+    log_skipped(logger, f"rows of {path} that do not hold 18 y and 18 x values",
+                sorted(bad, key=_line_number))
     _report_duplicates(path, duplicates)
     if not rows:
         return KeypointTable(str(path), {}, {})

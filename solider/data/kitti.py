@@ -248,7 +248,8 @@ def convert_kitti_to_market(
         "camera,folder\n" + "".join(f"{i},{p.name}\n" for i, p in enumerate(cameras, 1))
     )
     counts = {  # what was written: boxes of unreadable frames or outside theirs are not
-        s: sum(rel.startswith(s + "/") for rel in written) for s in ("bounding_box_train", "query", "bounding_box_test")
+        s: sum(rel.startswith(s + "/") for rel in written)
+        for s in ("bounding_box_train", "query", "bounding_box_test")
     }
     summary = {
         "boxes": len(boxes),

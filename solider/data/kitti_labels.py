@@ -157,7 +157,8 @@ def read_kitti_boxes(
 
 def _parse_line(raw: bytes, where: str, cam: int, frame: int, line_no: int, image: Path | None,
                 classes: tuple[str, ...], id_column: int | None, joints_column: int | None,
-                malformed: list[str], no_id: list[str], no_image: list[str], bad_joints: list[str]) -> Box | None:
+                malformed: list[str], no_id: list[str], no_image: list[str], bad_joints: list[str]
+                ) -> Box | None:
     """One label line as a person Box, or None (recorded in the list that says why)."""
     try:
         f = raw.decode("utf-8").split()

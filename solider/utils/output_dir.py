@@ -64,8 +64,9 @@ def lock_output_dir(output_dir: str | os.PathLike) -> Path:
         holder = handle.read().strip() or "no details written yet"
         handle.close()
         raise OutputDirInUse(f"output_dir {output_dir} is in use by another run ({holder}; lock file "
-                             f"{path}). Two runs in one folder would delete each other's files and interleave their "
-                             "logs: wait for it, stop it, or choose another output_dir") from None
+                             f"{path}). Two runs in one folder would delete each other's files and "
+                             "interleave their logs: wait for it, stop it, or choose another "
+                             "output_dir") from None
     handle.seek(0)
     previous = handle.read().strip()
     if previous:  # a clean exit empties the file: this one was left by a run that died
@@ -170,4 +171,5 @@ def check_output_files(files: list[str | os.PathLike], flag: str = "--out") -> N
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise OutputPathError(f"{flag} {file}: cannot write into {parent}: {exc.strerror or exc}") from None
+            raise OutputPathError(f"{flag} {file}: cannot write into {parent}: "
+                                  f"{exc.strerror or exc}") from None

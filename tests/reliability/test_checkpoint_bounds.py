@@ -42,8 +42,8 @@ def test_an_inflating_zip_is_refused_before_torch_reads_it(zip_bomb, monkeypatch
     calls = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(CheckpointError, match=rf"refusing to load {zip_bomb}: its entries inflate to \d+ bytes "
-                                              rf"from a \d+-byte file .*largest entry .*data/0"):
+    with pytest.raises(CheckpointError, match=rf"refusing to load {zip_bomb}: its entries inflate to \d+ "
+                                              rf"bytes from a \d+-byte file .*largest entry .*data/0"):
         safe_load(zip_bomb)
     assert calls == []
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # KiB: nothing inflated
@@ -59,8 +59,10 @@ def test_ordinary_checkpoints_pass_the_archive_check(tmp_path):
 def test_every_entry_point_refuses_the_inflating_zip(zip_bomb, pretrain_market, finetune_market, tmp_path):
     bomb = str(zip_bomb)
     attempts = {
-        "pretrain init": lambda: pretrain_main(pretrain_args(pretrain_market, tmp_path / "p", f"init={bomb}")),
-        "finetune --init": lambda: finetune_main([*finetune_args(finetune_market, tmp_path / "f"), "--init", bomb]),
+        "pretrain init": lambda: pretrain_main(pretrain_args(pretrain_market, tmp_path / "p",
+                                                             f"init={bomb}")),
+        "finetune --init": lambda: finetune_main([*finetune_args(finetune_market, tmp_path / "f"), "--init",
+                                                  bomb]),
         "evaluate": lambda: evaluate_main(["--data", str(finetune_market), "--checkpoint", bomb, "--out",
                                            str(tmp_path / "e"), "plots.enabled=false"]),
         "infer": lambda: infer_main(["--model", bomb, "--images", str(finetune_market / "query"),
@@ -69,6 +71,7 @@ def test_every_entry_point_refuses_the_inflating_zip(zip_bomb, pretrain_market, 
     for what, attempt in attempts.items():
         with pytest.raises(CheckpointError, match=f"refusing to load {bomb}: its entries inflate"):
             attempt()
+        assert what
 
 
 def _tiny_cfg() -> FinetuneConfig:
@@ -79,10 +82,11 @@ def test_a_declared_number_of_classes_beyond_the_stored_weights_is_refused(tmp_p
     cfg = _tiny_cfg()
     model = build_model(cfg, 8)
     path = tmp_path / "big_classes.pt"
-    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "num_classes": 2_000_000, "kind": KIND}, path)
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "num_classes": 2_000_000, "kind": KIND},
+               path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(CheckpointError, match=rf"{path}: its config with num_classes=2000000 describes a model "
-                                              r"of \d+ numbers but the file stores only \d+"):
+    with pytest.raises(CheckpointError, match=rf"{path}: its config with num_classes=2000000 describes a "
+                                              r"model of \d+ numbers but the file stores only \d+"):
         load_finetuned(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB (~1 GB before)
     config = to_dict(cfg)
@@ -101,8 +105,8 @@ def test_evaluate_bounds_the_architecture_read_from_the_file(finetune_market, tm
                 "config": {"model": {"arch": "custom", "embed_dim": 1024, "depths": [2, 18, 2],
                                      "num_heads": [4, 8, 16], "window_size": 7}}}, path)
     with pytest.raises(CheckpointError, match=f"{path}: the architecture read from it describes a model"):
-        evaluate_main(["--data", str(finetune_market), "--checkpoint", str(path), "--out", str(tmp_path / "e"),
-                       "plots.enabled=false"])
+        evaluate_main(["--data", str(finetune_market), "--checkpoint", str(path), "--out",
+                       str(tmp_path / "e"), "plots.enabled=false"])
 
 
 def test_load_errors_name_the_file_not_a_placeholder(tmp_path):

@@ -10,7 +10,12 @@ import sys
 
 import pytest
 
-from solider.utils.data_agreement import DataMismatchError, check_same_data, compare_fingerprints, data_fingerprint
+from solider.utils.data_agreement import (
+    DataMismatchError,
+    check_same_data,
+    compare_fingerprints,
+    data_fingerprint,
+)
 from tests.reliability.runs import FAULTS, ROOT, finetune_args, pretrain_args
 
 
@@ -23,8 +28,9 @@ def test_the_comparison_names_the_rank_and_the_difference():
     same = _fp(names, [1] * 8)
     compare_fingerprints([same, _fp(names, [1] * 8), same], "training data")  # equal: no error
     short = _fp(names[:6], [1] * 6, spe=3)
-    with pytest.raises(DataMismatchError, match=r"different training data: rank 2: count 6 vs 8, steps_per_epoch "
-                                                r"3 vs 4, hash \w+ vs \w+ \(rank 0\); rank 2 lacks "
+    with pytest.raises(DataMismatchError, match=r"different training data: rank 2: count 6 vs 8, "
+                                                r"steps_per_epoch 3 vs 4, hash \w+ vs \w+ \(rank 0\); "
+                                                r"rank 2 lacks "
                                                 r"\['0001_c1s1_000006_00.jpg', '0001_c1s1_000007_00.jpg'\]"):
         compare_fingerprints([same, same, short], "training data")
     relabeled = _fp(names, [1] * 7 + [2])
@@ -44,7 +50,8 @@ def test_one_process_has_nothing_to_compare():
 
 
 def _launch(entry: str, args: list[str], hidden: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "SOLIDER_TEST_HIDE_ON_RANK1": ",".join(hidden),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "SOLIDER_TEST_HIDE_ON_RANK1": ",".join(hidden),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "launch" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", "0",
@@ -56,7 +63,8 @@ def _launch(entry: str, args: list[str], hidden: list[str]) -> subprocess.Comple
 def test_two_processes_where_rank_1_lacks_two_images_stop_naming_it(finetune_market, tmp_path):
     train = sorted(p.name for p in (finetune_market / "bounding_box_train").iterdir())
     hidden = [n for n in train if n.startswith(train[0][:4])][:2]  # two images of one identity
-    done = _launch("finetune/run.py", finetune_args(finetune_market, tmp_path / "run", "train.max_steps=4"), hidden)
+    args = finetune_args(finetune_market, tmp_path / "run", "train.max_steps=4")
+    done = _launch("finetune/run.py", args, hidden)
     assert done.returncode != 0
     assert "DataMismatchError: the processes of this run built different training data: rank 1: count " \
            f"{len(train) - 2} vs {len(train)}" in done.stderr, done.stderr[-3000:]
@@ -66,7 +74,7 @@ def test_two_processes_where_rank_1_lacks_two_images_stop_naming_it(finetune_mar
 @pytest.mark.dist
 def test_pretraining_processes_with_different_crops_stop_naming_the_rank(pretrain_market, tmp_path):
     train = sorted(p.name for p in (pretrain_market / "bounding_box_train").iterdir())
-    done = _launch("solider/pretrain.py", pretrain_args(pretrain_market, tmp_path / "run", "train.max_steps=2"),
-                   train[:1])
+    args = pretrain_args(pretrain_market, tmp_path / "run", "train.max_steps=2")
+    done = _launch("solider/pretrain.py", args, train[:1])
     assert done.returncode != 0
     assert "different pretraining data: rank 1: count 15 vs 16" in done.stderr, done.stderr[-3000:]

@@ -17,10 +17,18 @@ from finetune.run import main as finetune_main
 from solider.checkpoint import safe_load
 from solider.pretrain import main as pretrain_main
 from solider.utils.output_dir import ExistingResults, OutputDirInUse, lock_output_dir, release_output_locks
-from tests.reliability.runs import PRETRAIN, assert_same_run, finetune_args, log_tail, pretrain_args, start, subprocess_env
+from tests.reliability.runs import (
+    PRETRAIN,
+    assert_same_run,
+    finetune_args,
+    log_tail,
+    pretrain_args,
+    start,
+    subprocess_env,
+)
 
-HOLD = ("import sys, time; from solider.utils.output_dir import lock_output_dir; lock_output_dir(sys.argv[1]); "
-        "print('locked', flush=True); time.sleep(120)")
+HOLD = ("import sys, time; from solider.utils.output_dir import lock_output_dir; "
+        "lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)")
 
 
 def _holder(folder) -> subprocess.Popen:
@@ -34,8 +42,8 @@ def _files(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_second_run_stops_at_once_naming_the_holder_and_a_dead_holder_is_taken_over(pretrain_market, tmp_path,
-                                                                                       caplog):
+def test_a_second_run_stops_at_once_naming_the_holder_and_a_dead_holder_is_taken_over(
+        pretrain_market, tmp_path, caplog):
     out = tmp_path / "run"
     holder = _holder(out)
     try:
@@ -79,7 +87,8 @@ def test_finished_finetuning_is_continued_refused_or_overwritten_only_when_asked
     finetune_main(args)
     before = _files(out / "checkpoints") | {"metrics.json": (out / "metrics.json").read_bytes()}
     with pytest.raises(ExistingResults, match=rf"output_dir {out} already holds the results of a run "
-                                              r"\(metrics.json, checkpoints/best.pt, checkpoints/last.pt.*pass "
+                                              r"\(metrics.json, checkpoints/best.pt, checkpoints/last.pt"
+                                              r".*pass "
                                               r"resume=auto to continue it, pass overwrite=true"):
         finetune_main(args)
     with pytest.raises(ExistingResults):
@@ -100,8 +109,8 @@ def test_finished_pretraining_and_evaluation_follow_the_same_rule(pretrain_marke
         pretrain_main(args)
     pretrain_main([*args, "overwrite=true"])
     ev = tmp_path / "eval"
-    eval_args = ["--data", str(finetune_market), "--checkpoint", str(out / "checkpoints" / "last.pt"), "--out",
-                 str(ev), "plots.enabled=false", "data.num_workers=0"]
+    eval_args = ["--data", str(finetune_market), "--checkpoint", str(out / "checkpoints" / "last.pt"),
+                 "--out", str(ev), "plots.enabled=false", "data.num_workers=0"]
     evaluate_main(eval_args)
     first = (ev / "metrics.json").read_bytes()
     with pytest.raises(ExistingResults, match=r"features.npz.*; pass overwrite=true to replace them"):
@@ -124,7 +133,8 @@ def test_a_truncated_query_image_fails_finetuning_in_seconds_naming_it(finetune_
     bad = _truncate_first(root / "query")
     out = tmp_path / "run"
     started = time.perf_counter()
-    with pytest.raises(ValueError, match=rf"1 of \d+ query images cannot be read, e.g. \['{bad} \(truncated JPEG"):
+    message = rf"1 of \d+ query images cannot be read, e.g. \['{bad} \(truncated JPEG"
+    with pytest.raises(ValueError, match=message):
         finetune_main(finetune_args(root, out))
     assert time.perf_counter() - started < 30 and not (out / "checkpoints").exists()
     with pytest.raises(ValueError, match=f"{bad} .truncated JPEG"):

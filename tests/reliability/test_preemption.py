@@ -36,7 +36,7 @@ def _signal_and_resume(entry: str, sig: signal.Signals, request, tmp_path, after
     data = request.getfixturevalue(f"{entry}_market")
     reference = request.getfixturevalue(f"{entry}_reference")
     out = tmp_path / "run"
-    args = (pretrain_args(data, out, *PRETRAIN) if entry == "pretrain" else finetune_args(data, out, *FINETUNE))
+    args = pretrain_args(data, out, *PRETRAIN) if entry == "pretrain" else finetune_args(data, out, *FINETUNE)
     proc = start(entry, args, out)
     deadline = time.monotonic() + 300
     while logged_step(out) < after_step:
@@ -49,7 +49,8 @@ def _signal_and_resume(entry: str, sig: signal.Signals, request, tmp_path, after
     found = re.findall(rf"pre-empted \({sig.name}\) at step (\d+): saved (\S+);", log_tail(out))
     assert found, log_tail(out)
     step = int(found[-1][0])
-    assert found[-1][1].endswith("checkpoints/last.pt") and safe_load(out / "checkpoints" / "last.pt")["step"] == step
+    assert found[-1][1].endswith("checkpoints/last.pt")
+    assert safe_load(out / "checkpoints" / "last.pt")["step"] == step
     assert temp_files(out) == [] and not (out / "run.lock").read_text()  # released, cleanly
     total = PRETRAIN_STEPS if entry == "pretrain" else FINETUNE_STEPS
     assert after_step <= step < total
@@ -67,9 +68,12 @@ def test_a_signal_saves_the_step_and_resume_is_bit_identical(entry, sig, request
     assert report["tensors_compared"] > 50
 
 
+MOMENTS = [("pretrain", signal.SIGUSR1, 2), ("finetune", signal.SIGTERM, 17),  # during an evaluation
+           ("finetune", signal.SIGTERM, 40)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("entry,sig,after", [("pretrain", signal.SIGUSR1, 2), ("finetune", signal.SIGTERM, 17),
-                                             ("finetune", signal.SIGTERM, 40)])
+@pytest.mark.parametrize("entry,sig,after", MOMENTS)
 def test_other_signals_and_moments(entry, sig, after, request, tmp_path):
     assert _signal_and_resume(entry, sig, request, tmp_path, after_step=after)["tensors_compared"] > 50
 
@@ -103,7 +107,8 @@ def test_a_signal_to_the_batch_shell_reaches_the_run_and_requeues(tmp_path):
     calls, got = tmp_path / "scontrol.log", tmp_path / "srun_got"
     _stub(bin_dir / "srun", f"#!/usr/bin/env bash\ntrap 'echo TERM > {got}; exit {REQUEUE_EXIT_CODE}' TERM\n"
                             "sleep 30 & wait\n")
-    _stub(bin_dir / "scontrol", f'#!/usr/bin/env bash\necho "$@" >> {calls}\nif [ "$1" = show ]; then echo n1; fi\n')
+    _stub(bin_dir / "scontrol", f'#!/usr/bin/env bash\necho "$@" >> {calls}\n'
+                                 'if [ "$1" = show ]; then echo n1; fi\n')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "n1",
            "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_ID": "7"}
     proc = subprocess.Popen(["bash", str(ROOT / "launch" / "slurm_pretrain.sh")], env=env, cwd=ROOT)

@@ -78,8 +78,8 @@ def test_jsonl_bad_width_non_utf8_and_duplicates(tmp_path, caplog):
     assert "a.jpg" not in table.image_sizes  # the size went with the replaced line
     text = caplog.text
     assert "skipped 4 lines of" in text
-    for where in ("line 2 (ValueError: width 'wide'", "line 3 (ValueError: width -3", "line 4 (not UTF-8: byte 0xff",
-                  "line 5 (TypeError: 'image' must be a file name"):
+    for where in ("line 2 (ValueError: width 'wide'", "line 3 (ValueError: width -3",
+                  "line 4 (not UTF-8: byte 0xff", "line 5 (TypeError: 'image' must be a file name"):
         assert where in text, where
     assert "found 1 repeated image entries in" in text and "a.jpg (lines 1 and 6)" in text
 
@@ -87,8 +87,8 @@ def test_jsonl_bad_width_non_utf8_and_duplicates(tmp_path, caplog):
 def test_openpose_csv_with_a_non_utf8_byte_and_a_repeated_name(tmp_path, caplog):
     path = tmp_path / "kp.csv"
     row = lambda name: f"{name}: {[5] * 18}: {[3] * 18}\n".encode()  # noqa: E731
-    path.write_bytes(b"name:keypoints_y:keypoints_x\n" + row("a.jpg") + b"b\xe9.jpg: [1]: [2]\n" + row("c.jpg")
-                     + row("a.jpg"))
+    path.write_bytes(b"name:keypoints_y:keypoints_x\n" + row("a.jpg") + b"b\xe9.jpg: [1]: [2]\n"
+                     + row("c.jpg") + row("a.jpg"))
     caplog.set_level(logging.WARNING)
     table = read_openpose_csv(path)
     assert sorted(table.entries) == ["a.jpg", "c.jpg"]

@@ -65,12 +65,16 @@ def test_an_unreadable_folder_is_reported(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.WARNING)
     index = index_unlabeled_images(root, read_headers=True)
     assert sorted(os.path.basename(p) for p in index.paths) == ["1.jpg", "2.jpg", "4.jpg"]
-    assert f"skipped 1 folders below {root} that cannot be listed: {blocked} (Permission denied)" in caplog.text
+    expected = f"skipped 1 folders below {root} that cannot be listed: {blocked} (Permission denied)"
+    assert expected in caplog.text
 
 
 def test_the_top_folder_unreadable_is_an_error_naming_it(tmp_path, monkeypatch):
     root = _tree(tmp_path)
-    monkeypatch.setattr(os, "scandir", lambda path=".": (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    def refuse(path="."):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "scandir", refuse)
     with pytest.raises(PermissionError, match=f"cannot list the folder {root}"):
         walk_files(root)
 
@@ -97,8 +101,10 @@ def test_a_chmod_000_folder_as_an_unprivileged_user():
         user = _nobody()
         code = ("import os, sys; from solider.data.walk import walk_files; "
                 f"os.setgid({user.pw_gid}); os.setuid({user.pw_uid}); "
-                "r = walk_files(sys.argv[1], report=False); print(len(r.files), len(r.unreadable), r.unreadable[0])")
-        out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=60)
+                "r = walk_files(sys.argv[1], report=False); "
+                "print(len(r.files), len(r.unreadable), r.unreadable[0])")
+        out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True,
+                             timeout=60)
         (root / "a" / "b").chmod(0o755)
     finally:
         shutil.rmtree(base, ignore_errors=True)
