@@ -40,13 +40,8 @@ from eval.plots import (
     worst_queries,
 )
 from eval.rerank import k_reciprocal_rerank_features
-from solider.checkpoint import (
-    BACKBONE_PREFIXES,
-    check_declared_size,
-    infer_arch,
-    load_backbone_weights,
-    safe_load,
-)
+from solider.checkpoint import BACKBONE_PREFIXES, infer_arch, load_backbone_weights, safe_load
+from solider.checkpoint_bounds import check_declared_size
 from solider.config import build_arg_parser, config_from_args, opt, save_config, section, to_dict
 from solider.data.datasets import ReIDImageDataset
 from solider.data.image_check import check_evaluation_images

@@ -21,13 +21,8 @@ from timm.models.resnet import ResNet
 from finetune.config import FinetuneConfig
 from finetune.model import ReIDModel, build_backbone
 from finetune.resnet import is_resnet, load_resnet_weights
-from solider.checkpoint import (
-    CheckpointError,
-    LoadReport,
-    check_declared_size,
-    load_backbone_weights,
-    safe_load,
-)
+from solider.checkpoint import CheckpointError, LoadReport, load_backbone_weights, safe_load
+from solider.checkpoint_bounds import check_declared_size
 from solider.config import config_from_dict
 from solider.utils.logging import get_logger
 

@@ -18,7 +18,6 @@ import os
 import pickle
 import re
 import uuid
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from solider.checkpoint_bounds import CheckpointError, check_archive  # noqa: F401 (CheckpointError: re-exported)
 from solider.models.swin import arch_name
 from solider.utils.logging import get_logger
 
@@ -37,42 +37,6 @@ SOURCES = ("teacher", "student", "imagenet")
 # Where fine-tuned / pretraining checkpoints keep the backbone, after stripping ``module.``.
 BACKBONE_PREFIXES = ("backbone.", "model.base.", "base.", "")
 _CORRUPT_HINTS = ("zip archive", "central directory", "corrupt", "eof", "truncated", "invalid load key")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
-
-
-# torch writes its zip entries stored (uncompressed), so what a file inflates to is about its size. A
-# crafted file can declare entries far larger than itself (a 390 KB file inflating to 400 MB): those
-# are refused before torch reads them. The margin covers zip files recompressed by other tools.
-MAX_INFLATION = 4.0  # uncompressed total / file size
-INFLATION_SLACK = 64 * 2**20  # bytes always allowed beyond the ratio (small files)
-
-
-def check_archive(path: PathLike) -> None:
-    """Refuse a zip checkpoint whose entries inflate beyond ``MAX_INFLATION`` x the file size (+ slack).
-
-    Reads only the zip directory. Legacy (non-zip) torch files hold no compressed data and pass.
-    """
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        return
-    size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path} ({size} bytes): {exc} (the file is truncated "
-                              "or corrupt)") from exc
-    total = sum(i.file_size for i in infos)
-    limit = MAX_INFLATION * size + INFLATION_SLACK
-    if total > limit:
-        big = max(infos, key=lambda i: i.file_size)
-        raise CheckpointError(
-            f"refusing to load {path}: its entries inflate to {total} bytes from a {size}-byte file (limit "
-            f"{int(limit)}; largest entry {big.filename!r}: {big.file_size} bytes, {big.compress_size} "
-            "compressed). torch saves tensors uncompressed, so this file was crafted or damaged")
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
@@ -160,32 +124,6 @@ def safe_load(path: PathLike, map_location: str | torch.device | None = "cpu") -
 # Lines of torch's weights_only error that say nothing about the file (its first line even suggests
 # weights_only=False, which this code base never does).
 _TORCH_BOILERPLATE = ("weights only load failed", "please file an issue", "check the documentation")
-
-
-def stored_numel(obj: Any) -> int:
-    """Number of tensor elements in a loaded checkpoint (nested dicts, lists, tuples)."""
-    if isinstance(obj, Tensor):
-        return obj.numel()
-    if isinstance(obj, Mapping):
-        return sum(stored_numel(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(stored_numel(v) for v in obj)
-    return 0
-
-
-def check_declared_size(build, obj: Any, path: PathLike, what: str = "its config") -> None:
-    """Refuse to allocate a model that ``build()`` would make larger than the weights ``obj`` stores.
-
-    ``build`` runs on the meta device (no memory): architecture numbers read from a file (dims,
-    depths, classes) are then bounded by what the file itself holds, before any allocation.
-    """
-    with torch.device("meta"):
-        model = build()
-    needed = sum(t.numel() for t in model.state_dict().values())
-    stored = stored_numel(obj)
-    if needed > 1.05 * stored + 1024:  # 5 %: buffers a model derives rather than stores
-        raise CheckpointError(f"{path}: {what} describes a model of {needed} numbers but the file stores "
-                              f"only {stored}; refusing to allocate it")
 
 
 def _unpickling_reason(exc: BaseException) -> str:

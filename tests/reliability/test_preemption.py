@@ -68,7 +68,7 @@ def test_a_signal_saves_the_step_and_resume_is_bit_identical(entry, sig, request
     assert report["tensors_compared"] > 50
 
 
-MOMENTS = [("pretrain", signal.SIGUSR1, 2), ("finetune", signal.SIGTERM, 17),  # during an evaluation
+MOMENTS = [("pretrain", signal.SIGUSR1, 2), ("finetune", signal.SIGTERM, 17),  # after an evaluation
            ("finetune", signal.SIGTERM, 40)]
 
 
