@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
              "rerank.enabled": "true" if args.rerank else None}
     args.overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     setup_logging()
-    cfg = config_from_args(EvalConfig, args)
+    cfg = config_from_args(EvalConfig, args, {"data.root": "--data", "output_dir": "--out"})
     return run(cfg, args.checkpoint or args.features, args.compare)
 
 

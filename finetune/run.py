@@ -87,7 +87,7 @@ def parse_config(argv: list[str] | None) -> tuple[FinetuneConfig, argparse.Names
         args.config = str(DEMO_CONFIG)
     if args.init is not None:
         args.overrides = [*args.overrides, f"init.path={args.init}"]
-    return config_from_args(FinetuneConfig, args), args
+    return config_from_args(FinetuneConfig, args, {"init.path": "--init"}), args
 
 
 def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, load_init: bool) -> Run:

@@ -413,9 +413,23 @@ def build_arg_parser(schema: type, description: str, prog: str | None = None) ->
     return parser
 
 
-def config_from_args(schema: type, args: argparse.Namespace) -> Any:
-    """Resolve the config from parsed arguments; print it and exit for ``--print-config``."""
-    cfg = load_config(schema, args.config, args.overrides)
+def config_from_args(schema: type, args: argparse.Namespace, flags: dict[str, str] | None = None) -> Any:
+    """Resolve the config from parsed arguments; print it and exit for ``--print-config``.
+
+    ``flags`` maps config keys that an entry point sets from its own flags (``output_dir`` from
+    ``--out``) to those flags: an error about such a key names the flag the user typed.
+    """
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+    except ConfigError as exc:
+        message = str(exc)
+        for key, flag in (flags or {}).items():
+            for form in (f"{key}:", f"override '{key}="):
+                if message.startswith(form) or form in message:
+                    message = message.replace(key, f"{flag} ({key})", 1)
+        if message == str(exc):
+            raise
+        raise ConfigError(message) from None
     if getattr(args, "print_config", False):
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         raise SystemExit(0)

@@ -57,3 +57,12 @@ def test_duplicates_in_nested_sections_and_defaults_that_stay_valid(tmp_path):
     config.write_text("optim:\n  lr: 0.1\ntrain:\n  epochs: 2\nseed: 4294967295\n")
     cfg = load_config(PretrainConfig, config)
     assert (cfg.optim.lr, cfg.train.epochs, cfg.seed) == (0.1, 2, 2**32 - 1)
+
+
+def test_errors_about_keys_set_by_a_flag_name_the_flag(finetune_market, tmp_path):
+    from eval.evaluate import main as evaluate_main
+
+    with pytest.raises(ConfigError, match=r"^--out \(output_dir\): must not be empty"):
+        evaluate_main(["--data", str(finetune_market), "--checkpoint", "random", "--out", ""])
+    with pytest.raises(ConfigError, match=r"^optim.lr: value nan"):  # other keys keep their name
+        finetune_main([*finetune_args(finetune_market, tmp_path / "run"), "optim.lr=nan"])
