@@ -45,13 +45,16 @@ from eval.plots import (
 )
 from eval.rerank import k_reciprocal_rerank_features
 from solider.checkpoint import BACKBONE_PREFIXES, infer_arch, load_backbone_weights, safe_load
+from solider.checkpoint_bounds import check_declared_size
 from solider.config import build_arg_parser, config_from_args, opt, save_config, section, to_dict
 from solider.data.datasets import ReIDImageDataset
+from solider.data.image_check import check_evaluation_images
 from solider.data.market import read_reid_dataset
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reid_test_transform
 from solider.models.swin import build_swin
 from solider.utils.cli import parse_args, run_entry
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_existing_results, check_output_files
 from solider.utils.summary import default_workers, format_summary, measure_image_cost, progress_enabled
 
 log = get_logger("eval.evaluate")
@@ -114,6 +117,7 @@ class PlotSection:
 @dataclass
 class EvalConfig:
     output_dir: str = opt("runs/eval", "where config.yaml, metrics.json, features.npz and plots go (--out)")
+    overwrite: bool = opt(False, "replace the metrics.json / features.npz in output_dir (default: refuse)")
     device: str = opt("auto", "auto (CUDA if available) | cpu | cuda | cuda:N")
     seed: int = opt(0, "seed of the random weights of --checkpoint random")
     model: ModelSection = section(ModelSection, "backbone (None = from the checkpoint)")
@@ -198,10 +202,13 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
         arch = _checkpoint_arch(obj) or "swin_tiny"
     img_size = tuple(_pick(m.img_size, ck_model.get("img_size"), (256, 128)))
     weight = float(_pick(m.semantic_weight, ck_model.get("semantic_weight"), 0.2))
+    if obj is not None:  # architecture numbers from the file: bounded by what it stores
+        check_declared_size(lambda: build_swin(arch, img_size=img_size, semantic_weight=weight), obj, path,
+                            "the architecture read from it")
     torch.manual_seed(cfg.seed)
     model = build_swin(arch, img_size=img_size, semantic_weight=weight)
     if obj is not None:
-        load_backbone_weights(model, obj, source=cfg.model.source)
+        load_backbone_weights(model, obj, source=cfg.model.source, name=str(path))
     name = arch if isinstance(arch, str) else "custom Swin"
     settings = {"img_size": img_size, "mean": tuple(_pick(cfg.data.mean, ck_data.get("mean"), IMAGENET_MEAN)),
                 "std": tuple(_pick(cfg.data.std, ck_data.get("std"), IMAGENET_STD)),
@@ -221,6 +228,7 @@ def _extract(source: str, cfg: EvalConfig, device: torch.device) -> tuple[SplitF
     model, s = build_model_from_checkpoint(source, cfg)
     log.info("model: %s", s["description"])
     dataset = read_reid_dataset(cfg.data.root, splits=("query", "gallery"))
+    check_evaluation_images({"query": dataset.query, "gallery": dataset.gallery}, f"--data {cfg.data.root}")
     log.info("%s", dataset.summary())
     transform = build_reid_test_transform(s["img_size"], s["mean"], s["std"], cfg.data.interpolation)
     model.to(device)
@@ -324,6 +332,11 @@ def _label(source: str) -> str:
 def run(cfg: EvalConfig, source: str, compare: str | None = None) -> dict:
     """Evaluate ``source`` (checkpoint / "random" / .npz) and optionally ``compare``; write outputs."""
     out = Path(cfg.output_dir)
+    # before the work: every output writable, and no earlier results replaced unless asked
+    names = ("config.yaml", "metrics.json", "features.npz", "distances.png", "cmc.png", "ranked.png")
+    check_output_files([out / name for name in names], "--out")
+    check_existing_results(out, None, cfg.overwrite, result_files=("metrics.json", "features.npz"),
+                           can_resume=False, checkpoints=False)
     save_config(cfg, out / "config.yaml")
     device = resolve_device(None if cfg.device == "auto" else cfg.device)
     models, sources = {}, {}
@@ -365,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
              "rerank.enabled": "true" if args.rerank else None}
     args.overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     setup_logging()
-    cfg = config_from_args(EvalConfig, args)
+    cfg = config_from_args(EvalConfig, args, {"data.root": "--data", "output_dir": "--out"})
     return run(cfg, args.checkpoint or args.features, args.compare)
 
 

@@ -11,6 +11,7 @@ A fine-tuned checkpoint (``checkpoints/{last,best}.pt``) is a dict of tensors an
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from finetune.config import FinetuneConfig
 from finetune.model import ReIDModel, build_backbone
 from finetune.resnet import is_resnet, load_resnet_weights
 from solider.checkpoint import CheckpointError, LoadReport, load_backbone_weights, safe_load
+from solider.checkpoint_bounds import check_declared_size
 from solider.config import config_from_dict
 from solider.utils.logging import get_logger
 
@@ -139,8 +141,20 @@ def load_finetuned(path: str | os.PathLike, map_location: str | torch.device = "
                               f"'config', 'num_classes'; found {keys}); for pretraining or official "
                               "checkpoints fine-tune first, or evaluate the backbone with --init")
     cfg = config_from_dict(FinetuneConfig, state["config"], where=f"config stored in {path}")
-    model = build_model(cfg, int(state["num_classes"]))
-    model.load_state_dict(state["model"])
+    num_classes = state["num_classes"]
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise CheckpointError(f"{path}: num_classes={num_classes!r} is not a count of identities")
+    if not isinstance(state["model"], Mapping):
+        raise CheckpointError(f"{path}: the 'model' entry is not a state dict")
+    # a declared 2,000,000 identities would allocate about 1 GB before the load failed
+    check_declared_size(lambda: build_model(cfg, num_classes), state["model"], path,
+                        f"its config with num_classes={num_classes}")
+    model = build_model(cfg, num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: the stored weights do not fit the model its config describes: "
+                              f"{str(exc).strip().splitlines()[0]}") from exc
     return model.eval(), cfg, state
 
 

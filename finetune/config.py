@@ -175,6 +175,8 @@ class FinetuneConfig:
     output_dir: str = opt("runs/finetune", "checkpoints/, config.yaml, log.jsonl, tb/, metrics.json")
     seed: int = opt(1234, "random seed (SOLIDER-REID 1234; CPU runs repeat bit for bit)")
     resume: str | None = opt(None, "a checkpoint path, or auto for the newest in output_dir")
+    overwrite: bool = opt(False, "replace the results of an earlier run in output_dir (else refused; "
+                                 "resume=auto continues it)")
     init: InitConfig = section(InitConfig, "initial weights")
     model: ModelConfig = section(ModelConfig, "backbone and neck")
     data: DataConfig = section(DataConfig, "labeled Market-format data")

@@ -43,6 +43,7 @@ from finetune.checkpoint import load_finetuned, preprocessing
 from finetune.model import Embedder
 from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_output_files
 
 logger = get_logger("finetune.export")
 
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"parity limit (default {FP32_ATOL:g} fp32, {FP16_ATOL:g} fp16)")
     args = reject_overrides(parser, argv)  # flags only, in any order: there is no config schema here
     setup_logging()
+    out = Path(args.out)
+    check_output_files([out, out.with_suffix(".json"), out.with_suffix(".safetensors")], "--out")
     result = export(args.checkpoint, args.out, args.fp16, args.opset, args.atol)
     print(f"wrote {result['onnx']}, {result['json']}, {result['safetensors']}")
     return result

@@ -34,6 +34,8 @@ See docs/INFERENCE.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
 import time
@@ -52,6 +54,7 @@ from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import list_images
 from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, log_skipped, setup_logging
+from solider.utils.output_dir import check_output_files
 from solider.utils.summary import default_workers, progress_enabled
 
 logger = get_logger("finetune.infer")
@@ -257,14 +260,33 @@ def _sidecar(out: Path, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+def _temp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = _temp_for(path)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
+def _path_bytes(path: str) -> bytes:
+    """A path as the bytes the file system holds: names that are not UTF-8 arrive as surrogate
+    escapes (``os.fsdecode``) and leave as their original bytes."""
+    return os.fsencode(path)
+
+
+SET_HEADER = b"# solider-embeddings sha256="  # first line of FILE.paths.txt: ties it to its FILE.npy
+
+
 def write_embeddings(out: str | os.PathLike, paths: list[str], embeddings: np.ndarray) -> list[Path]:
-    """Write ``FILE.json`` (TAO format) or ``FILE.npy`` + ``FILE.paths.txt``; returns the files."""
+    """Write ``FILE.json`` (TAO format) or ``FILE.npy`` + ``FILE.paths.txt``; returns the files.
+
+    The pair is written as a set: both temporary files first, then the renames; ``FILE.paths.txt``
+    starts with the SHA-256 of ``FILE.npy``, so :func:`read_embeddings` refuses a pair from two
+    different writes (e.g. one interrupted between the renames). Names of any bytes survive: the
+    JSON escapes them (``\\udcXX`` for a byte that is not UTF-8), ``.paths.txt`` holds the raw bytes.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if len(paths) != len(embeddings):
@@ -272,29 +294,56 @@ def write_embeddings(out: str | os.PathLike, paths: list[str], embeddings: np.nd
     if out.suffix == ".json":
         rows = ('{"img_path": ' + json.dumps(p) + ', "embedding": ['
                 + ",".join(format(v, ".9g") for v in e.tolist()) + "]}" for p, e in zip(paths, embeddings))
-        _atomic_write_text(out, "[\n" + ",\n".join(rows) + "\n]\n")
+        _atomic_write_bytes(out, ("[\n" + ",\n".join(rows) + "\n]\n").encode("ascii"))  # json.dumps: ASCII
         return [out]
     if out.suffix == ".npy":
         if any("\n" in p or "\r" in p for p in paths):
             raise UserError("an image path contains a line break: write .json instead of .npy + paths.txt")
         names = _sidecar(out, ".paths.txt")
-        tmp = out.with_name(out.stem + ".tmp.npy")
-        np.save(tmp, np.ascontiguousarray(embeddings, dtype=np.float32))
-        os.replace(tmp, out)
-        _atomic_write_text(names, "".join(p + "\n" for p in paths))
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(embeddings, dtype=np.float32))
+        array = buffer.getvalue()
+        text = SET_HEADER + hashlib.sha256(array).hexdigest().encode() + b"\n" + \
+            b"".join(_path_bytes(p) + b"\n" for p in paths)
+        temps = [_temp_for(out), _temp_for(names)]
+        try:
+            temps[0].write_bytes(array)
+            temps[1].write_bytes(text)
+            os.replace(temps[1], names)
+            os.replace(temps[0], out)
+        finally:
+            for tmp in temps:
+                tmp.unlink(missing_ok=True)
         return [out, names]
     raise UserError(f"--out {out}: expected a file name ending in .json or .npy")
 
 
 def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """(paths, (N, D) float32 embeddings) from a file :func:`write_embeddings` wrote."""
+    """(paths, (N, D) float32 embeddings) from a file :func:`write_embeddings` wrote.
+
+    Raises:
+        ValueError: a ``.npy`` and ``.paths.txt`` that were not written together.
+    """
     path = Path(path)
     if path.suffix == ".json":
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = json.loads(path.read_text(encoding="ascii", errors="surrogateescape"))
         return [e["img_path"] for e in entries], np.asarray([e["embedding"] for e in entries], np.float32)
     if path.suffix == ".npy":
-        paths = _sidecar(path, ".paths.txt").read_text(encoding="utf-8").splitlines()
-        feats = np.load(path, allow_pickle=False)
+        names = _sidecar(path, ".paths.txt")
+        lines = names.read_bytes().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        array = path.read_bytes()
+        if lines and lines[0].startswith(SET_HEADER):
+            recorded = lines.pop(0)[len(SET_HEADER):].decode("ascii", "replace")
+            if recorded != hashlib.sha256(array).hexdigest():
+                raise ValueError(f"{path} and {names} were not written together (the .paths.txt belongs to "
+                                 "another .npy, e.g. of an interrupted or later run): refusing the pair")
+        else:
+            logger.warning("%s has no set header (written by an older version): only the row count is "
+                           "checked", names)
+        feats = np.load(io.BytesIO(array), allow_pickle=False)
+        paths = [os.fsdecode(line) for line in lines]
         if len(paths) != len(feats):
             raise ValueError(f"{path}: {len(feats)} rows but {len(paths)} lines in its .paths.txt")
         return paths, feats
@@ -336,6 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
     if Path(args.out).suffix not in (".json", ".npy"):
         parser.error(f"--out {args.out}: expected a file name ending in .json or .npy")
     setup_logging()
+    out = Path(args.out)
+    sidecars = [_sidecar(out, ".skipped.txt")] + [_sidecar(out, ".paths.txt")] * (out.suffix == ".npy")
+    check_output_files([out, *sidecars], "--out")  # before the model and the images are read
     if args.threads:
         torch.set_num_threads(args.threads)
     embedder = open_model(args.model, args.device, args.normalize, args.threads)
@@ -346,10 +398,13 @@ def main(argv: list[str] | None = None) -> dict:
     files = write_embeddings(args.out, result.paths, result.embeddings)
     skipped_file = _sidecar(Path(args.out), ".skipped.txt")
     if result.skipped:
-        _atomic_write_text(skipped_file, "".join(f"{p}\t{r}\n" for p, r in result.skipped))
+        _atomic_write_bytes(skipped_file, b"".join(_path_bytes(p) + b"\t" + r.encode("utf-8", "replace")
+                                                   + b"\n" for p, r in result.skipped))
     elif skipped_file.exists():
         skipped_file.unlink()  # a stale list from an earlier run would mislead
-    print(_summary(result, files, skipped_file, embedder.description))
+    # a file name that is not UTF-8 is printed with \udcXX escapes rather than failing at the very end
+    print(_summary(result, files, skipped_file, embedder.description).encode("utf-8", "backslashreplace")
+          .decode("utf-8"))
     return {"files": [str(f) for f in files], "count": len(result.paths), "skipped": result.skipped,
             "skipped_file": str(skipped_file) if result.skipped else None,
             "feature_dim": int(result.embeddings.shape[1]), "normalized": result.normalized,

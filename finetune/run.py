@@ -43,11 +43,15 @@ from finetune.model import Embedder, ReIDModel
 from finetune.optim import LRSchedule, build_optimizer, param_groups, set_epoch_lr
 from finetune.step import LossWeights, metric_values, reid_step
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
+from solider.data.image_check import check_evaluation_images
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.cli import parse_args, resolve_base_config, run_entry
+from solider.utils.data_agreement import check_same_data, data_fingerprint
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
+from solider.utils.preemption import Preemption
 from solider.utils.seed import seed_everything
 from solider.utils.summary import (
     EtaLogger,
@@ -101,7 +105,7 @@ def parse_config(argv: list[str] | None) -> tuple[FinetuneConfig, argparse.Names
     if args.init is not None:
         args.overrides = [*args.overrides, f"init.path={args.init}"]
     args.config_source = resolve_base_config(args, DEMO_CONFIG, OFFICIAL_CONFIG)
-    return config_from_args(FinetuneConfig, args), args
+    return config_from_args(FinetuneConfig, args, {"init.path": "--init"}), args
 
 
 def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, load_init: bool) -> Run:
@@ -115,6 +119,8 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
         id_seed = cfg.seed if cfg.data.id_seed is None else cfg.data.id_seed
         data = subset_identities(data, cfg.data.id_fraction, id_seed)
     logger.info("%s", describe(data, root))
+    # a bad query / gallery file fails now, not at the first evaluation hours later
+    check_evaluation_images({"query": data.query, "gallery": data.gallery}, f"data.root={root}")
     aug, pin = cfg.augment, device.type == "cuda"
     test_tf = build_reid_test_transform(cfg.model.img_size, aug.mean, aug.std, aug.interpolation)
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
@@ -126,6 +132,12 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
                                               aug.flip_p, aug.padding, aug.erasing_p, aug.erasing_mode)
         train = build_train_data(data, train_tf, cfg.train.batch_size, cfg.train.num_instances, cfg.seed,
                                  rank, world, workers, pin)
+    # before any collective that a process with other data would hang in: stop naming the rank
+    for name, records, spe in (("training data", data.train, train.steps_per_epoch if train else 0),
+                               ("query data", data.query, 0), ("gallery data", data.gallery, 0)):
+        labels = [(r.pid, r.camid) for r in records]
+        fingerprint = data_fingerprint([r.path for r in records], labels, spe, str(root))
+        check_same_data(accelerator, fingerprint, name)
 
     num_classes = 0 if eval_only else data.num_train_pids  # evaluation needs no classifier
     model = build_model(cfg, num_classes)
@@ -266,10 +278,15 @@ def log_batch_grid(cfg: FinetuneConfig, tracker: RunLogger, batch: dict, step: i
     grid = labelled_grid(batch["image"], [f"id {int(p)}" for p in batch["pid"]], cfg.augment.mean,
                          cfg.augment.std, columns=k)
     tracker.log_image("train/pk_batch", grid, step)
+def _evaluation_due(cfg: FinetuneConfig, step: int, spe: int, stop: int) -> bool:
+    """An evaluation follows this step: the end of the run, or an end of epoch per eval.every_epochs."""
+    done = step // spe  # completed epochs
+    every = cfg.eval.every_epochs
+    return step >= stop or bool(every and step % spe == 0 and done % every == 0)
 
 
 def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker: RunLogger,
-          checkpoints: CheckpointManager) -> int:
+          checkpoints: CheckpointManager, preemption: Preemption | None = None) -> int:
     """The loop, from ``step`` to the stop; evaluates per ``eval.*`` and at the end. Returns the step."""
     spe, first = run.train.steps_per_epoch, step
     total = cfg.train.epochs * spe
@@ -281,6 +298,10 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
                 run.schedule.lr(cfg.optim.warmup_epochs + 1), run.schedule.lr(cfg.train.epochs))
     if step == 0 and cfg.eval.at_start:  # the initial model; best.pt stays the best evaluated state
         evaluate(cfg, run, 0, history, tracker, checkpoints)
+    elif step > 0 and _evaluation_due(cfg, step, spe, stop) and (not history or history[-1]["step"] != step):
+        # resumed from the save made just before an evaluation that did not finish: do it now
+        evaluate(cfg, run, step, history, tracker, checkpoints)
+        checkpoints.save(checkpoint_state(cfg, run, step, history), step)
     progress = tqdm(total=stop, initial=step, disable=not progress_enabled(run.accelerator.is_main_process),
                     desc="finetune")
     eta = EtaLogger(logger, "finetune", step, stop, run.accelerator.is_main_process)
@@ -304,17 +325,19 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
                 last_log, tic = step, time.perf_counter()
             if step % cfg.checkpoint.every_steps == 0:
                 checkpoints.save(checkpoint_state(cfg, run, step, history), step, periodic=True)
+            if preemption is not None and preemption.requested(run.accelerator):  # SIGTERM / SIGUSR1
+                checkpoints.save(checkpoint_state(cfg, run, step, history), step)
+                preemption.exit(step, checkpoints.directory / "last.pt")
             if step >= stop:
                 break
-        done = step // spe  # completed epochs
-        if step >= stop or (cfg.eval.every_epochs and step % spe == 0 and done % cfg.eval.every_epochs == 0):
+        if _evaluation_due(cfg, step, spe, stop):
+            # saved first: an evaluation that fails (a bad gallery file, no memory) loses no training
+            checkpoints.save(checkpoint_state(cfg, run, step, history), step)
             evaluate(cfg, run, step, history, tracker, checkpoints)
         checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # end of an epoch or of the run
         run.accelerator.wait_for_everyone()
     progress.close()
     if step == first:  # resumed at the stop, e.g. from a periodic file after a kill inside last.pt's save
-        if not history or history[-1]["step"] != step:
-            evaluate(cfg, run, step, history, tracker, checkpoints)
         checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # last.pt holds the final state
     return step
 
@@ -339,6 +362,7 @@ def log_summary(cfg: FinetuneConfig, args: argparse.Namespace, run: Run, step: i
         logger.warning("%s", warning)
 
 
+@releases_output_lock
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_config(argv)
     output_dir = Path(cfg.output_dir)
@@ -346,6 +370,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(accelerator.is_main_process)
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
+    if accelerator.is_main_process:
+        lock_output_dir(output_dir)  # before anything is written: a second run into it stops here
+    check_existing_results(output_dir, cfg.resume, cfg.overwrite, accelerator.is_main_process)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -368,7 +395,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate(cfg, run, step, history, tracker, None)
         tracker.close()
         return {"step": step, "metrics": history[-1] if history else None}
-    step = train(cfg, run, step, history, tracker, checkpoints)
+    preemption = Preemption()
+    step = train(cfg, run, step, history, tracker, checkpoints, preemption)
+    preemption.close()
     failures = run.train.dataset.load_failures
     if failures:
         logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)

@@ -11,7 +11,8 @@ Runs the real entry points one after the other, exactly as a user would:
    before/after distance plots).
 
 Then prints one table. Outputs go to ``runs/demo/`` (``--out``); ``--quick`` shortens every stage
-for a smoke run.
+for a smoke run. Every stage runs with ``overwrite=true``: a second demo replaces the first one's
+results (the entry points otherwise refuse a folder that holds results).
 """
 
 from __future__ import annotations
@@ -77,17 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     quick_ft = ["train.max_steps=4"] if args.quick else []
     times = {}
     times["pretrain"] = run([py, "solider/pretrain.py", "--config", "configs/pretrain/demo.yaml",
-                             f"output_dir={out}/pretrain", *quick_pre],
+                             f"output_dir={out}/pretrain", "overwrite=true", *quick_pre],
                             "1/4 SOLIDER pretraining (synthetic crops)")
     ckpt = out / "pretrain" / "checkpoints" / "last.pt"
     arms = {"SOLIDER-pretrained": str(ckpt), "random init": "none"}
     for i, (name, init) in enumerate(arms.items(), start=2):
         folder = out / ("finetune" if init != "none" else "finetune_scratch")
         times[name] = run([py, "finetune/run.py", "--config", "configs/finetune/demo.yaml", "--init", init,
-                           f"output_dir={folder}", *quick_ft], f"{i}/4 fine-tuning from {name}")
+                           f"output_dir={folder}", "overwrite=true", *quick_ft],
+                          f"{i}/4 fine-tuning from {name}")
     eval_cmd = [py, "eval/evaluate.py", "--data", str(finetune_data_root()),
                 "--checkpoint", str(out / "finetune" / "checkpoints" / "best.pt"),
-                "--compare", str(ckpt), "--out", str(out / "eval")]
+                "--compare", str(ckpt), "--out", str(out / "eval"), "overwrite=true"]
     times["evaluate"] = run(eval_cmd, "4/4 evaluation with plots (fine-tuned vs its pretrained start)")
 
     monitor = monitor_values(out / "pretrain" / "log.jsonl")

@@ -118,7 +118,7 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
             o = out / f"baselines/{name}"
             tasks.append(Task(f"baselines/{name}", _py(
                 "eval/evaluate.py", "--checkpoint", name, "--data", str(data), "--out", str(o),
-                f"model.img_size={size}", "data.num_workers=0", "plots.enabled=false"), o))
+                f"model.img_size={size}", "data.num_workers=0", "plots.enabled=false", "overwrite=true"), o))
     if "lowlabel" in stages:
         for seed in seeds:
             for fraction in FRACTIONS:
@@ -135,7 +135,8 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
                 "--compare", str(out / f"pretrain/{start.split('_')[0]}_s{seed}/checkpoints/last.pt")]
             tasks.append(Task(f"plots/{start}", _py(
                 "eval/evaluate.py", "--checkpoint", str(out / after / "checkpoints/last.pt"), *before,
-                "--data", str(data), "--out", str(o), "data.num_workers=0"), o,
+                "--data", str(data), "--out", str(o), "data.num_workers=0",
+                "overwrite=true"), o,  # an evaluation that stopped half-way is simply redone
                 [after] + ([f"pretrain/{start.split('_')[0]}_s{seed}"] if before else [])))
     if "lambda" in stages:
         for seed in seeds:

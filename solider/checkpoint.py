@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from solider.checkpoint_bounds import CheckpointError, check_archive  # noqa: F401 (CheckpointError: re-exported)
 from solider.models.swin import arch_name
 from solider.utils.logging import get_logger
 
@@ -36,10 +37,6 @@ SOURCES = ("teacher", "student", "imagenet")
 # Where fine-tuned / pretraining checkpoints keep the backbone, after stripping ``module.``.
 BACKBONE_PREFIXES = ("backbone.", "model.base.", "base.", "")
 _CORRUPT_HINTS = ("zip archive", "central directory", "corrupt", "eof", "truncated", "invalid load key")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
@@ -100,6 +97,7 @@ def safe_load(path: PathLike, map_location: str | torch.device | None = "cpu") -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_archive(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -409,6 +407,7 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: PathLike | Mappi
         path_or_state_dict: a checkpoint file (read with :func:`safe_load`) or an already loaded dict.
         source: ``"teacher"`` (default; the teacher when the file has one, else auto-detected),
             ``"student"`` (the student of a pretraining checkpoint) or ``"imagenet"``.
+        name: the file an already loaded dict came from, for the messages.
         strict: raise unless every model tensor is matched with the right shape (ImageNet
             weights: norm0-2 and the controller keep their initial values, as reported). With
             False, load what fits and report the rest.
@@ -427,7 +426,7 @@ def load_backbone_weights(model: nn.Module, path_or_state_dict: PathLike | Mappi
     if isinstance(path_or_state_dict, str | os.PathLike):
         name, obj = str(path_or_state_dict), safe_load(path_or_state_dict)
     else:
-        name, obj = name or "<state dict>", path_or_state_dict
+        name, obj = name or "<state dict>", path_or_state_dict  # callers pass the file it came from
     sd, layout = _select_state_dict(obj, source, name)
     backbone, ignored, layout = _find_backbone(sd, source, layout, name)
     target = _unwrap(model)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import operator
 import os
 import types
@@ -61,6 +62,22 @@ def opt(default: Any, doc: str, *, ge: float | None = None, gt: float | None = N
 def section(cls: type, doc: str = "") -> Any:
     """A nested config section (a dataclass with its own defaults)."""
     return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: plain YAML keeps the last
+    one, so a second ``train:`` section would silently replace the first one whole."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} at line {seen[key] + 1} and again at line "
+                    f"{key_node.start_mark.line + 1} (give it once: YAML would keep the last silently)")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 # ------------------------------------------------------------------------------------ coercion
@@ -243,6 +260,7 @@ def _apply(obj: Any, data: dict, schema_root: type, where: str, prefix: str = ""
             _apply(getattr(obj, name), value, schema_root, where, key + ".")
             continue
         coerced = _coerce(value, f.type, key)
+        _check_value_rules(name, coerced, key)
         _check_bounds(coerced, f.metadata, key)
         setattr(obj, name, coerced)
 
@@ -271,13 +289,36 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict:
     return tree
 
 
+SEED_RANGE = (0, 2**32)  # numpy's seed range; torch takes more, but a seed must work everywhere
+
+
+def _check_value_rules(name: str, value: Any, key: str) -> None:
+    """Rules that hold for every schema, by value kind and field name: no NaN/inf anywhere, sizes and
+    normalisation std > 0, seeds in ``SEED_RANGE``, no empty ``output_dir``."""
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    for i, v in enumerate(items):
+        where = f"{key}[{i}]" if isinstance(value, (tuple, list)) else key
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}: value {v!r} is not a finite number")
+        numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if numeric and (name == "std" or name.endswith("size")) and not v > 0:
+            what = "a normalisation std" if name == "std" else "a size"
+            raise ConfigError(f"{where}: value {v!r} must be > 0 ({what})")
+    if name == "seed" and isinstance(value, int) and not SEED_RANGE[0] <= value < SEED_RANGE[1]:
+        raise ConfigError(f"{key}: value {value!r} must be in [0, 2**32)")
+    if name == "output_dir" and isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{key}: must not be empty (the folder all outputs of the run go to)")
+
+
 def _validate(obj: Any, schema_root: type, prefix: str = "") -> None:
-    """Check declared bounds on defaults too, then call an optional ``validate()`` hook."""
+    """Check declared bounds and the general value rules on defaults too, then call an optional
+    ``validate()`` hook."""
     for name, f in _fields(type(obj)).items():
         value = getattr(obj, name)
         if dataclasses.is_dataclass(f.type):
             _validate(value, schema_root, f"{prefix}{name}.")
         else:
+            _check_value_rules(name, value, prefix + name)
             _check_bounds(value, f.metadata, prefix + name)
     hook = getattr(obj, "validate", None)
     if callable(hook):
@@ -302,7 +343,7 @@ def load_config(schema: type, path: str | os.PathLike | None = None,
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=UniqueKeySafeLoader) or {}  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         _apply(cfg, data, schema, f"config file {path}")
@@ -372,9 +413,23 @@ def build_arg_parser(schema: type, description: str, prog: str | None = None) ->
     return parser
 
 
-def config_from_args(schema: type, args: argparse.Namespace) -> Any:
-    """Resolve the config from parsed arguments; print it and exit for ``--print-config``."""
-    cfg = load_config(schema, args.config, args.overrides)
+def config_from_args(schema: type, args: argparse.Namespace, flags: dict[str, str] | None = None) -> Any:
+    """Resolve the config from parsed arguments; print it and exit for ``--print-config``.
+
+    ``flags`` maps config keys that an entry point sets from its own flags (``output_dir`` from
+    ``--out``) to those flags: an error about such a key names the flag the user typed.
+    """
+    try:
+        cfg = load_config(schema, args.config, args.overrides)
+    except ConfigError as exc:
+        message = str(exc)
+        for key, flag in (flags or {}).items():
+            for form in (f"{key}:", f"override '{key}="):
+                if message.startswith(form) or form in message:
+                    message = message.replace(key, f"{flag} ({key})", 1)
+        if message == str(exc):
+            raise
+        raise ConfigError(message) from None
     if getattr(args, "print_config", False):
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         raise SystemExit(0)

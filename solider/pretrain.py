@@ -47,8 +47,11 @@ from solider.pretrain_step import SemanticSettings, solider_step
 from solider.schedules import auto_momentum, cosine_schedule, scale_lr, span_steps, teacher_movement
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.cli import UserError, parse_args, resolve_base_config, run_entry
+from solider.utils.data_agreement import check_same_data, data_fingerprint
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
+from solider.utils.preemption import Preemption
 from solider.utils.seed import (
     PerSampleSeeded,
     capture_rng_state,
@@ -193,6 +196,7 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
 
 
+@releases_output_lock
 def main(argv: list[str] | None = None) -> dict:
     parser = build_arg_parser(PretrainConfig, __doc__, prog="solider/pretrain.py")
     args = parse_args(parser, argv)
@@ -205,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.train.cpu_threads)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
     device, world = accelerator.device, accelerator.num_processes
+    if accelerator.is_main_process:
+        lock_output_dir(output_dir)  # before anything is written: a second run into it stops here
+    check_existing_results(output_dir, cfg.resume, cfg.overwrite, accelerator.is_main_process)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -227,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                      cfg.data.max_aspect), cfg.seed)
     sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed,
                                   accelerator.process_index, world)
+    # before any collective that a process with other data would hang in: stop naming the rank
+    check_same_data(accelerator, data_fingerprint(dataset.dataset.paths, None, sampler.batches_per_epoch,
+                                                  str(source.images)), "pretraining data")
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
@@ -253,9 +263,6 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
     step, start = 0, None
     resumed = load_resume_state(cfg.resume, output_dir)
-    if resumed is None and (checkpoints.directory / "last.pt").exists():
-        logger.warning("%s already holds checkpoints; this run starts from scratch and will overwrite "
-                       "them (pass resume=auto to continue instead)", checkpoints.directory)
     if resumed is not None:
         with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
             step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
@@ -290,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
                               monitor_start=start)
 
     # ---- loop
+    preemption = Preemption()
     progress = tqdm(total=stop, initial=step, disable=not progress_enabled(accelerator.is_main_process),
                     desc="pretrain")
     eta = EtaLogger(logger, "pretrain", step, stop, accelerator.is_main_process)
@@ -354,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict:
                 checkpoints.save(state(step, step / spe), step, periodic=True)
             if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
                 run.log(check(start=start), step=step)
+            if preemption.requested(accelerator):  # SIGTERM / SIGUSR1: this step is done, keep it
+                checkpoints.save(state(step, step / spe), step)
+                preemption.exit(step, checkpoints.directory / "last.pt")
             if step >= stop:
                 break
             fetch = time.perf_counter()
@@ -363,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log(check(start=start), step=step)
         accelerator.wait_for_everyone()
     progress.close()
+    preemption.close()
     if step == first_step:
         # resumed at the stop (e.g. from a periodic file after a kill inside last.pt's save): make
         # last.pt hold the final state, as an uninterrupted run leaves it

@@ -173,6 +173,8 @@ class PretrainConfig:
     output_dir: str = opt("runs/pretrain", "checkpoints, config.yaml, log.jsonl, tb/")
     seed: int = opt(0, "random seed (CPU runs repeat bit for bit)")
     resume: str | None = opt(None, "a checkpoint path, or auto for the newest in output_dir")
+    overwrite: bool = opt(False, "replace the results of an earlier run in output_dir (else refused; "
+                                 "resume=auto continues it)")
     init: str | None = opt(None, "start from these weights with a fresh schedule (e.g. SOLIDER after "
                                  "DINO): our or an official pretraining checkpoint, or a backbone file")
     model: ModelConfig = section(ModelConfig, "backbone")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
+from solider.data.image_check import drop_unreadable
 from solider.data.keypoints import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
 from solider.data.multicrop import MultiCropTransform
@@ -108,12 +109,17 @@ def monitor_split(market_root: str, max_images: int) -> MarketDataset:
         keep.add(pid)
         count += n
     # distractors and junk-free negatives of other identities stay out: only kept identities
-    data.query = [r for r in data.query if r.pid in keep]
-    data.gallery = [r for r in data.gallery if r.pid in keep]
+    # unreadable files are dropped here, counted and named, never replaced while measuring
+    data.query = drop_unreadable([r for r in data.query if r.pid in keep],
+                                 f"monitor query images of {market_root}")
+    data.gallery = drop_unreadable([r for r in data.gallery if r.pid in keep],
+                                   f"monitor gallery images of {market_root}")
     return data
 
 
 def monitor_datasets(data: MarketDataset, img_size: tuple[int, int], mean, std
                      ) -> tuple[ReIDImageDataset, ReIDImageDataset]:
     transform = build_reid_test_transform(img_size, mean, std)
-    return ReIDImageDataset(data.query, transform), ReIDImageDataset(data.gallery, transform)
+    # raise, not replace: a replaced image would change the monitored metric without a word
+    return (ReIDImageDataset(data.query, transform, on_error="raise"),
+            ReIDImageDataset(data.gallery, transform, on_error="raise"))

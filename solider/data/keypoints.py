@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -111,28 +112,115 @@ def read_keypoints(path: str | Path) -> KeypointTable:
     return readers[suffix](path)
 
 
+def _read_bytes(path: str | Path) -> bytes:
+    """The whole file; a file that cannot be read at all stops the run with its name."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot read keypoint file {path}: {exc.strerror}") from None
+
+
+def _lines(path: str | Path, bad: list[str]) -> list[tuple[int, str]]:
+    """(line number, text) of the non-blank lines; a line that is not UTF-8 goes to ``bad``."""
+    out = []
+    for lineno, raw in enumerate(_read_bytes(path).splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad.append(f"line {lineno} (not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+            continue
+        if line.strip():
+            out.append((lineno, line))
+    return out
+
+
+def _line_number(item: str) -> int:
+    """The N of a "line N (...)" report, for listing them in file order."""
+    return int(item.split()[1])
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+        and value > 0
+
+
+def _image_size(rec: dict) -> tuple[int, int] | None:
+    """(width, height) of a record that gives them, None if it gives neither.
+
+    Raises:
+        ValueError: a width or height that is not a positive number (e.g. the string "640").
+    """
+    if "width" not in rec and "height" not in rec:
+        return None
+    w, h = rec.get("width"), rec.get("height")
+    if not (_positive_number(w) and _positive_number(h)):
+        raise ValueError(f"width {w!r} and height {h!r} must both be positive numbers")
+    return int(w), int(h)
+
+
+def _numbers(values) -> bool:
+    return isinstance(values, list) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                            for v in values)
+
+
+def _report_duplicates(path, duplicates: list[str]) -> None:
+    log_skipped(logger, f"repeated image entries in {path} (the last one wins)", duplicates, verb="found")
+
+
 def read_coco_keypoints(path: str | Path) -> KeypointTable:
-    """COCO keypoint JSON; images with several person annotations keep the one with most labelled joints."""
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-        raise UserError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations')")
-    images = {img["id"]: img for img in data["images"]}
+    """COCO keypoint JSON; images with several person annotations keep the one with most labelled joints.
+
+    Malformed records (an image without ``id`` / ``file_name`` or with a width that is not a positive
+    number, an annotation whose keypoints are not 51 numbers) are skipped with a count and their
+    position; an image id listed twice is reported (the last wins).
+
+    Raises:
+        OSError / ValueError: the file cannot be read or is not a COCO JSON document (names the file).
+    """
+    try:
+        data = json.loads(_read_bytes(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"keypoint file {path} is not valid JSON (truncated or damaged?): {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise UserError(f"{path}: not a COCO annotation file (needs the lists 'images' and 'annotations')")
+    images: dict = {}
+    bad_images, duplicates = [], []
+    for i, img in enumerate(data["images"]):
+        name = img.get("file_name") if isinstance(img, dict) else None
+        image_id = img.get("id") if isinstance(img, dict) else None
+        valid_id = isinstance(image_id, int | str) and not isinstance(image_id, bool)
+        if not (isinstance(name, str) and name and valid_id):
+            bad_images.append(f"images[{i}] (needs an 'id' and a 'file_name')")
+            continue
+        try:
+            size = _image_size(img)
+        except ValueError as exc:
+            bad_images.append(f"images[{i}] ({name}: {exc})")
+            continue
+        if image_id in images:
+            duplicates.append(f"image id {image_id!r}: {images[image_id][0]} then {name} (images[{i}])")
+        images[image_id] = (name, size)
     entries: dict[str, np.ndarray] = {}
     sizes: dict[str, tuple[int, int]] = {}
     labelled: dict[str, int] = {}
     bad, unknown, nonfinite, multi = [], [], [], 0
-    for ann in data["annotations"]:
-        img = images.get(ann.get("image_id"))
+    for j, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            bad.append(f"annotations[{j}] (not an object)")
+            continue
+        img = images.get(ann.get("image_id")) if isinstance(ann.get("image_id"), int | str) else None
         flat = ann.get("keypoints")
         if img is None:
             unknown.append(f"annotation {ann.get('id')} (image_id {ann.get('image_id')})")
             continue
-        if not isinstance(flat, list) or len(flat) != 3 * NUM_JOINTS:
-            bad.append(f"{img['file_name']} ({len(flat) if isinstance(flat, list) else 'no'} numbers)")
+        key, size = img
+        if not _numbers(flat) or len(flat) != 3 * NUM_JOINTS:
+            what = "no list" if not isinstance(flat, list) else f"{len(flat)} values" + \
+                ("" if _numbers(flat) else ", not all numbers")
+            bad.append(f"annotations[{j}] ({key}: {what})")
             continue
-        key = img["file_name"]
-        size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else None
         raw = np.asarray(flat, dtype=np.float64).reshape(NUM_JOINTS, 3)
         if not np.isfinite(raw).all():
             nonfinite.append(key)
@@ -145,6 +233,8 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
         entries[key], labelled[key] = kpts, count
         if size is not None:
             sizes[key] = size
+    log_skipped(logger, f"malformed COCO image entries in {path}", bad_images)
+    _report_duplicates(path, duplicates)
     log_skipped(logger, f"COCO annotations in {path} with a wrong keypoint count (need 51 numbers)", bad)
     log_skipped(logger, f"COCO annotations in {path} whose image_id is not in 'images'", unknown)
     log_skipped(logger, f"keypoint entries in {path} with NaN/inf joints, read as missing joints", nonfinite,
@@ -158,63 +248,78 @@ def read_coco_keypoints(path: str | Path) -> KeypointTable:
 def _parse_number_list(text: str) -> list:
     """'[1, -1, 3]' -> [1, -1, 3] (json is the fastest parser of such lists)."""
     values = json.loads(text)
-    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+    if not _numbers(values):
         raise ValueError(f"expected a [..] list of numbers, got {text.strip()[:40]!r}")
     return values
 
 
 def read_openpose_csv(path: str | Path) -> KeypointTable:
     """Market-1501 OpenPose-18 CSV: header ``name:keypoints_y:keypoints_x``; rows ``name: [y*18]: [x*18]``."""
-    names, rows, bad = [], [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f, delimiter=":")
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header] != ["name", "keypoints_y", "keypoints_x"]:
-            raise UserError(f"{path}: expected the header 'name:keypoints_y:keypoints_x', got {header}")
-        for lineno, row in enumerate(reader, 2):
-            if not row:
-                continue
-            try:
-                ys, xs = _parse_number_list(row[1]), _parse_number_list(row[2])
-                if len(ys) != 18 or len(xs) != 18:
-                    raise ValueError(f"{len(ys)} y and {len(xs)} x values, need 18 each")
-            except (ValueError, IndexError) as exc:
-                bad.append(f"line {lineno} ({exc})")
-                continue
-            names.append(row[0].strip())
-            rows.append((xs, ys))
-    log_skipped(logger, f"rows of {path} that do not hold 18 y and 18 x values", bad)
+    names, rows, bad, duplicates = [], [], [], []
+    lines = _lines(path, bad)
+    header = next(csv.reader([lines[0][1]], delimiter=":")) if lines else None
+    if header is None or [h.strip() for h in header] != ["name", "keypoints_y", "keypoints_x"]:
+        raise UserError(f"{path}: expected the header 'name:keypoints_y:keypoints_x', got {header}")
+    seen: dict[str, int] = {}
+    for lineno, line in lines[1:]:
+        row = next(csv.reader([line], delimiter=":"))
+        try:
+            ys, xs = _parse_number_list(row[1]), _parse_number_list(row[2])
+            if len(ys) != 18 or len(xs) != 18:
+                raise ValueError(f"{len(ys)} y and {len(xs)} x values, need 18 each")
+        except (ValueError, IndexError) as exc:
+            bad.append(f"line {lineno} ({exc})")
+            continue
+        name = row[0].strip()
+        if name in seen:
+            duplicates.append(f"{name} (lines {seen[name]} and {lineno})")
+        seen[name] = lineno
+        names.append(name)
+        rows.append((xs, ys))
+    log_skipped(logger, f"rows of {path} that do not hold 18 y and 18 x values",
+                sorted(bad, key=_line_number))
+    _report_duplicates(path, duplicates)
     if not rows:
         return KeypointTable(str(path), {}, {})
     xy = np.asarray(rows, dtype=np.float64).transpose(0, 2, 1)  # (N, 18, 2)
     vis = np.where((xy == -1).any(axis=-1), 0.0, 2.0)[..., None]  # -1 marks a missing joint
     coco = to_coco17(np.concatenate([xy, vis], axis=-1), "openpose18")
-    return KeypointTable(str(path), dict(zip(names, coco)), {})
+    return KeypointTable(str(path), dict(zip(names, coco)), {})  # dict(): the last row of a name wins
 
 
 def read_keypoints_jsonl(path: str | Path) -> KeypointTable:
-    """JSONL lines ``{"image", "format", "keypoints"}`` (format defaults to coco17)."""
+    """JSONL lines ``{"image", "format", "keypoints"}`` (format defaults to coco17; optional
+    ``width`` / ``height``). A malformed line is skipped with its number; a repeated image is
+    reported (the last line wins)."""
     entries: dict[str, np.ndarray] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    bad, nonfinite = [], []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                kpts = to_coco17(rec["keypoints"], rec.get("format", "coco17"))
-                key = str(rec["image"])
-            except (ValueError, KeyError, TypeError) as exc:
-                bad.append(f"line {lineno} ({type(exc).__name__}: {exc})")
-                continue
-            if not np.isfinite(np.asarray(rec["keypoints"], dtype=np.float64)).all():
-                nonfinite.append(f"line {lineno} ({key})")
-            if "width" in rec and "height" in rec:
-                sizes[key] = (int(rec["width"]), int(rec["height"]))
-                kpts = sanitize(kpts, sizes[key])
-            entries[key] = kpts
-    log_skipped(logger, f"lines of {path} without valid keypoints", bad)
+    bad, nonfinite, duplicates = [], [], []
+    seen: dict[str, int] = {}
+    for lineno, line in _lines(path, bad):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise TypeError("not a JSON object")
+            kpts = to_coco17(rec["keypoints"], rec.get("format", "coco17"))
+            key = rec["image"]
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"'image' must be a file name, got {key!r}")
+            size = _image_size(rec)
+        except (ValueError, KeyError, TypeError) as exc:
+            bad.append(f"line {lineno} ({type(exc).__name__}: {exc})")
+            continue
+        if not np.isfinite(np.asarray(rec["keypoints"], dtype=np.float64)).all():
+            nonfinite.append(f"line {lineno} ({key})")
+        if key in seen:
+            duplicates.append(f"{key} (lines {seen[key]} and {lineno})")
+        seen[key] = lineno
+        sizes.pop(key, None)
+        if size is not None:
+            sizes[key] = size
+            kpts = sanitize(kpts, size)
+        entries[key] = kpts
+    log_skipped(logger, f"lines of {path} without valid keypoints", sorted(bad, key=_line_number))
+    _report_duplicates(path, duplicates)
     log_skipped(logger, f"keypoint entries in {path} with NaN/inf joints, read as missing joints", nonfinite,
                 verb="found")
     return KeypointTable(str(path), entries, sizes)

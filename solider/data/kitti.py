@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from solider.data.images import load_image
+from solider.data.images import ImageDecodeError, load_image
 from solider.data.keypoints import sanitize, to_coco17
 from solider.data.kitti_labels import Box, read_kitti_boxes
-from solider.utils.logging import get_logger
+from solider.utils.logging import get_logger, log_skipped
 
 logger = get_logger(__name__)
 
@@ -157,21 +157,35 @@ def assign_splits(boxes: list[Box], test: set[str], seed: int) -> dict[int, str]
 
 def write_market(
     boxes: list[Box], split: dict[int, str], new_id: dict[str, int], out: Path, quality: int = 95
-) -> list[str]:
-    """Crop and save every box; returns the keypoints.jsonl lines."""
+) -> tuple[list[str], dict[str, str]]:
+    """Crop and save every box; returns the keypoints.jsonl lines and {crop: its frame and line}.
+
+    Frames that cannot be read and boxes that lie outside their frame are skipped and logged."""
     for folder in ("bounding_box_train", "query", "bounding_box_test"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     lines, by_image = [], defaultdict(list)
     for i, b in enumerate(boxes):
         by_image[b.image].append(i)
+    unreadable, outside, written = [], [], {}
     for image_path, idx in sorted(by_image.items()):
-        frame = load_image(image_path, max_side=None)
+        try:
+            frame = load_image(image_path, max_side=None)
+        except ImageDecodeError as exc:
+            unreadable.append(f"{image_path} ({exc.reason}; {len(idx)} boxes)")
+            continue
         fw, fh = frame.size
         for i in idx:
             b = boxes[i]
             x1, y1 = max(int(np.floor(b.bbox[0])), 0), max(int(np.floor(b.bbox[1])), 0)
             x2, y2 = min(int(np.ceil(b.bbox[2])), fw), min(int(np.ceil(b.bbox[3])), fh)
+            if x2 <= x1 or y2 <= y1:
+                outside.append(f"{image_path} line {b.line + 1} (box {b.bbox} in a {fw}x{fh} frame)")
+                continue
             rel = f"{split[i]}/{new_id[b.identity]:04d}_c{b.camera}s1_{b.frame:06d}_{b.line:02d}.jpg"
+            if rel in written:  # never overwrite a crop written by this conversion
+                raise RuntimeError(f"{rel} would be written twice ({written[rel]} and {image_path} line "
+                                   f"{b.line + 1}); this is a bug of the converter")
+            written[rel] = f"{image_path} line {b.line + 1}"
             frame.crop((x1, y1, x2, y2)).save(out / rel, quality=quality)
             if b.joints is not None:
                 j = b.joints.copy()
@@ -187,7 +201,9 @@ def write_market(
                         }
                     )
                 )
-    return lines
+    log_skipped(logger, "frames that cannot be read (their boxes are not written)", unreadable)
+    log_skipped(logger, "boxes outside their frame", outside)
+    return lines, written
 
 
 def convert_kitti_to_market(
@@ -219,7 +235,7 @@ def convert_kitti_to_market(
         )
     new_id, test = split_identities(kept, train_fraction, seed)
     split = assign_splits(kept, test, seed)
-    lines = write_market(kept, split, new_id, out, quality)
+    lines, written = write_market(kept, split, new_id, out, quality)
     (out / "keypoints.jsonl").write_text("".join(line + "\n" for line in lines))
     (out / "identities.csv").write_text(
         "pid,identity,split\n"
@@ -231,8 +247,9 @@ def convert_kitti_to_market(
     (out / "cameras.csv").write_text(
         "camera,folder\n" + "".join(f"{i},{p.name}\n" for i, p in enumerate(cameras, 1))
     )
-    counts = {
-        s: sum(v == s for v in split.values()) for s in ("bounding_box_train", "query", "bounding_box_test")
+    counts = {  # what was written: boxes of unreadable frames or outside theirs are not
+        s: sum(rel.startswith(s + "/") for rel in written)
+        for s in ("bounding_box_train", "query", "bounding_box_test")
     }
     summary = {
         "boxes": len(boxes),
@@ -243,6 +260,7 @@ def convert_kitti_to_market(
         "test_identities": len(test),
         "cameras": len(cameras),
         "keypoints": len(lines),
+        "written": len(written),
         "out": str(out),
     }
     settings = {

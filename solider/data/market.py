@@ -32,7 +32,9 @@ MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bo
 MARKET_SUBFOLDER = "Market-1501-v15.09.15"
 MSMT_SUBFOLDERS = ("MSMT17_V1", "MSMT17_V2", "MSMT17")
 MSMT_IMAGE_DIRS = (("train", "test"), ("mask_train_v2", "mask_test_v2"))
-_NAME_RE = re.compile(r"([-\d]+)_c(\d+)")
+# ASCII digits only, and a minus only in front: "1-2_c1" or a non-ASCII digit is a bad name (listed
+# with its folder), not a bare int() error
+_NAME_RE = re.compile(r"(-?\d+)_c(\d+)", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -208,8 +210,8 @@ def _read_list(list_file: Path, image_dir: Path) -> list[tuple[str, int, int]]:
             continue
         parts = line.split()
         fields = Path(parts[0]).name.split("_") if parts else []
-        well_formed = len(parts) == 2 and parts[1].lstrip("-").isdigit()
-        if not well_formed or len(fields) < 3 or not fields[2].isdigit():
+        well_formed = len(parts) == 2 and re.fullmatch(r"-?\d+", parts[1], re.ASCII) is not None
+        if not well_formed or len(fields) < 3 or not (fields[2].isascii() and fields[2].isdigit()):
             raise ValueError(f"{list_file}:{lineno}: expected '<relative path> <pid>' with a file name "
                              f"'<pid>_<n>_<camera>_...', got {line!r}")
         path = image_dir / parts[0]

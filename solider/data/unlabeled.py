@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solider.data.images import ImageDecodeError, is_image_file, read_image_size
+from solider.data.walk import walk_files
 from solider.utils.cli import UserError
 from solider.utils.logging import get_logger, log_skipped
 
@@ -53,11 +54,8 @@ class UnlabeledIndex:
 
 
 def _walk_images(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
-    return found
+    # walk_files: each real folder once; links back into the tree and unreadable folders are reported
+    return walk_files(folder, is_image_file).files
 
 
 def _read_list_file(list_file: Path) -> list[str]:

@@ -133,7 +133,7 @@ def test_npy_round_trip_and_list_file(tiny_resnet_run, crops, tmp_path):
     assert result["files"] == [str(tmp_path / "e.npy"), str(tmp_path / "e.paths.txt")]
     paths, feats = read_embeddings(tmp_path / "e.npy")
     assert paths == [str(rel), str(good[3]), str(good[1])]  # list order
-    assert (tmp_path / "e.paths.txt").read_text().splitlines() == paths
+    assert (tmp_path / "e.paths.txt").read_text().splitlines()[1:] == paths  # after the set header
     assert np.load(tmp_path / "e.npy").dtype == np.float32 and feats.shape == (3, 512)
     # the same images written as JSON hold the same numbers (9 digits round-trip float32 exactly)
     main(["--model", str(ckpt), "--images", str(listing), "--out", str(tmp_path / "e.json"),
