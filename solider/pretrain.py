@@ -31,7 +31,7 @@ from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
 from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
-from solider.optim import clip_gradients, ema_update_, param_groups, set_optimizer_values
+from solider.optim import adamw, clip_gradients, ema_update_, param_groups, set_optimizer_values
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_data import (
     build_pretrain_dataset,
@@ -40,19 +40,21 @@ from solider.pretrain_data import (
     resolve_crop_source,
     synthetic_root,
 )
-from solider.pretrain_step import SemanticSettings, solider_step
+from solider.pretrain_step import HOST_KEYS, SemanticSettings, solider_step
 from solider.schedules import cosine_schedule, scale_lr
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.distributed import build_accelerator
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.seed import (
+    EpochTaggedBatches,
     PerSampleSeeded,
     capture_rng_state,
+    loader_options,
     restore_rng_state,
     seed_everything,
 )
 from solider.utils.tracking import RunLogger
-from solider.utils.training import check_finite
+from solider.utils.training import FiniteWatch
 from solider.utils.visualize import part_overlay_grid
 
 logger = get_logger("solider.pretrain")
@@ -105,10 +107,10 @@ def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str
         logger.info("init: %s", load_backbone_weights(net.backbone, path))
 
 
-def build_optimizer(cfg: PretrainConfig, student: MultiCropNet) -> torch.optim.Optimizer:
+def build_optimizer(cfg: PretrainConfig, student: MultiCropNet, device: torch.device) -> torch.optim.Optimizer:
     trained = student if cfg.semantic.train_part_head or student.part_head is None else \
         nn.ModuleList([student.backbone, student.head])  # official: the part head is never optimised
-    return torch.optim.AdamW(param_groups(trained, cfg.optim.weight_decay), lr=0.0, betas=cfg.optim.betas)
+    return adamw(param_groups(trained, cfg.optim.weight_decay), device, lr=0.0, betas=cfg.optim.betas)
 
 
 def build_schedules(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int) -> dict:
@@ -126,7 +128,7 @@ def build_schedules(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int
 def semantic_settings(cfg: PretrainConfig) -> SemanticSettings:
     s = cfg.semantic
     return SemanticSettings(s.enabled, s.weight_mode, s.fixed_weight, s.num_parts, s.label_source,
-                            s.min_foreground, s.masking, s.loss_weight)
+                            s.min_foreground, s.masking, s.loss_weight, s.static_shapes)
 
 
 class _TeacherEmbedding(nn.Module):
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.config = str(DEMO_CONFIG)
     cfg = config_from_args(PretrainConfig, args)
     output_dir = Path(cfg.output_dir)
-    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)
+    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir, static_graph=True)  # same params every step
     setup_logging(accelerator.is_main_process)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
     device, world = accelerator.device, accelerator.num_processes
@@ -224,8 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   accelerator.process_index, world)
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                         pin_memory=device.type == "cuda", generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset),
+                                         generator=torch.Generator(), **loader_options(cfg.data.num_workers, device))
     monitor_root = cfg.monitor.data_root or source.market_root
     monitor = (monitor_datasets(monitor_split(monitor_root, cfg.monitor.max_images), cfg.model.img_size,
                                 aug.mean, aug.std) if monitor_root and accelerator.is_main_process else None)
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         init_from_checkpoint(student, teacher, cfg.init)
     seed_everything(cfg.seed + accelerator.process_index)  # per-rank streams from here (drop path)
     teacher.to(device)
-    optimizer = build_optimizer(cfg, student)
+    optimizer = build_optimizer(cfg, student, device)
     student, optimizer = accelerator.prepare(student, optimizer)
     unwrapped = accelerator.unwrap_model(student)
     spe = sampler.batches_per_epoch
@@ -259,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
     stop = min(sched["total"], cfg.train.max_steps or sched["total"])
     run = RunLogger(accelerator, output_dir, to_dict(cfg))
     settings = semantic_settings(cfg)
+    finite = FiniteWatch(device)
+    advice = (f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, train.mixed_precision=bf16/no, "
+              "or dino.teacher_temp <= 0.04.")
     if accelerator.is_main_process:
         logger.info("TensorBoard: tensorboard --logdir %s", run.tb_dir)
     if step == 0 and monitor is not None:
@@ -276,13 +281,11 @@ def main(argv: list[str] | None = None) -> dict:
         fetch = time.perf_counter()
         for batch in loader:
             data_time += time.perf_counter() - fetch
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
             set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
             with accelerator.autocast():
                 result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed)
-            check_finite(accelerator, result.loss, step, result.metrics,
-                         f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, "
-                         "train.mixed_precision=bf16/no, or dino.teacher_temp <= 0.04.")
+            finite.observe(result.loss, step)  # read at log intervals and before checkpoints
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(result.loss)
             if cfg.optim.clip_grad > 0:
@@ -296,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
             progress.update(1)
 
             if step % cfg.train.log_every == 0 or step == stop:
+                finite.check(accelerator, step, result.metrics, advice)
                 values = {f"train/{k}": v for k, v in result.metrics.items()}
                 keys = sorted(values)
                 reduced = accelerator.reduce(torch.tensor([float(values[k]) for k in keys], device=device),
@@ -318,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run.log_image("train/part_labels", part_overlay_grid(
                     g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std), step)
             if step % cfg.checkpoint.every_steps == 0:
+                finite.check(accelerator, step, result.metrics, advice)
                 checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
                                                   step, step / spe), step, periodic=True)
             if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
@@ -326,6 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
                 break
             fetch = time.perf_counter()
         if step % spe == 0 or step >= stop:  # end of an epoch, or of the run
+            finite.check(accelerator, step, result.metrics, advice)
             checkpoints.save(checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss,
                                               step, step / spe), step)
             if not cfg.monitor.every_steps and monitor is not None:
