@@ -220,8 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
                                    grayscale_p=aug.grayscale_p, blur_p=aug.blur_p, solarize_p=aug.solarize_p,
                                    mean=aug.mean, std=aug.std)
-    dataset = PerSampleSeeded(build_pretrain_dataset(source, transform, cfg.data.min_height,
-                                                     cfg.data.max_aspect), cfg.seed)
+    with accelerator.main_process_first():  # the main process indexes once; the others read its file
+        crops = build_pretrain_dataset(source, transform, cfg.data.min_height, cfg.data.max_aspect,
+                                       index_dir=output_dir, build_index=accelerator.is_main_process)
+    dataset = PerSampleSeeded(crops, cfg.seed)
     sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed,
                                   accelerator.process_index, world)
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);

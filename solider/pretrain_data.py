@@ -21,6 +21,7 @@ from solider.data.market import MarketDataset, find_market_root, read_market1501
 from solider.data.multicrop import MultiCropTransform
 from solider.data.synthetic import generate_market_dataset
 from solider.data.transforms import build_reid_test_transform
+from solider.data.index_cache import cached_unlabeled_index
 from solider.data.unlabeled import index_unlabeled_images
 from solider.utils.logging import get_logger
 
@@ -74,9 +75,17 @@ def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path
 
 
 def build_pretrain_dataset(source: CropSource, transform: MultiCropTransform, min_height: int,
-                           max_aspect: float) -> MultiCropDataset:
-    """Index the crops (filters from the sampling guidelines), attach keypoints where they exist."""
-    index = index_unlabeled_images(source.images, min_height=min_height, max_aspect=max_aspect)
+                           max_aspect: float, index_dir: str | os.PathLike | None = None,
+                           build_index: bool = True) -> MultiCropDataset:
+    """Index the crops (filters from the sampling guidelines), attach keypoints where they exist.
+
+    With ``index_dir`` (the run folder) the index is read from / saved to it
+    (:mod:`solider.data.index_cache`); ``build_index`` False: read only (not the main process).
+    """
+    if index_dir is None:
+        index = index_unlabeled_images(source.images, min_height=min_height, max_aspect=max_aspect)
+    else:
+        index = cached_unlabeled_index(source.images, min_height, max_aspect, index_dir, build=build_index)
     for reason, count in index.skipped.items():
         if count:
             logger.warning("pretraining data: %d crops dropped (%s)", count, reason)
