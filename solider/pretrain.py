@@ -26,6 +26,7 @@ from eval.metrics import evaluate_features
 from solider.checkpoint import load_backbone_weights, safe_load
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.multicrop import MultiCropTransform
+from solider.data.photometric import blur_sigma_for
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
@@ -219,7 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    aug.local_scale, aug.ratio, flip_p=aug.flip_p, jitter_p=aug.jitter_p,
                                    brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
                                    grayscale_p=aug.grayscale_p, blur_p=aug.blur_p, solarize_p=aug.solarize_p,
-                                   mean=aug.mean, std=aug.std)
+                                   mean=aug.mean, std=aug.std, photometric_on_device=aug.device == "accelerator",
+                                   blur_sigma=blur_sigma_for(aug.blur_sigma, cfg.model.img_size[0],
+                                                             aug.blur_sigma_relative))
+    device_augment = transform.device_photometric() if aug.device == "accelerator" else None
     with accelerator.main_process_first():  # the main process indexes once; the others read its file
         crops = build_pretrain_dataset(source, transform, cfg.data.min_height, cfg.data.max_aspect,
                                        index_dir=output_dir, build_index=accelerator.is_main_process)
@@ -284,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
         for batch in loader:
             data_time += time.perf_counter() - fetch
             batch = {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
+            if device_augment is not None:  # colour, blur, solarize, normalise: batched on the device
+                batch = device_augment(batch)
             set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
             with accelerator.autocast():
                 result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed)

@@ -49,6 +49,13 @@ class AugmentConfig:
     blur_p: tuple[float, float, float] = opt((1.0, 0.1, 0.5), "Gaussian blur probability: global 1, "
                                                               "global 2, local crops")
     solarize_p: float = opt(0.2, "solarisation probability of global crop 2", ge=0, le=1)
+    blur_sigma: tuple[float, float] = opt((0.1, 2.0), "Gaussian blur sigma range, pixels at a 256-high "
+                                                      "global crop (official)")
+    blur_sigma_relative: bool = opt(True, "scale blur_sigma by model.img_size[0] / 256 for every crop "
+                                          "(same blur relative to the person); false: absolute pixels")
+    device: Literal["accelerator", "workers"] = opt(
+        "accelerator", "where the photometric ops run: batched on the training device (workers only "
+        "crop and resize), or in the data-loader workers")
     mean: tuple[float, float, float] = opt((0.485, 0.456, 0.406), "normalisation mean (ImageNet)")
     std: tuple[float, float, float] = opt((0.229, 0.224, 0.225), "normalisation std (ImageNet)")
 
