@@ -9,13 +9,13 @@ step math, in one process, alternating:
   (``static_shapes=False``), the Swin shift masks rebuilt every forward, photometric ops in the
   data-loader workers (not in the step);
 - after: foreach AdamW (fused on CUDA), foreach-norm clipping, the finiteness check recorded on
-  the device, fixed-shape masked copies, cached shift masks, the EMA without a detached copy,
-  and the photometric ops of the batch in the step's process (``augment.device: accelerator``).
+  the device, fixed-shape masked copies, cached shift masks, the EMA without a detached copy
+  (on a GPU also the photometric half of the batch, whose op count is printed; on a CPU
+  ``augment.device: accelerator`` leaves it in the workers).
 
 Op counts are of the step proper (float crops in, as the workers used to hand them over); the
 ops of the batched photometric half are printed beside them. CPU times are of the full step with
-the photometric half on both sides (before: the worker pipeline image by image, as a CPU run with
-``num_workers=0`` does; after: batched).
+the worker pipeline on both sides, as a CPU run with ``num_workers=0`` does.
 
 Ops are counted with a ``TorchDispatchMode`` (every ATen call that reaches a kernel, forward and
 backward). CPU time is the median over ``--steps`` steps of each.
@@ -111,8 +111,7 @@ def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bo
     loss_fn = DINOLoss(cfg.dino.out_dim)
     settings = SemanticSettings(static_shapes=lean)
     watch = FiniteWatch(torch.device("cpu"))
-    device_aug = transform.device_photometric()
-    float_batch = device_aug(raw)
+    float_batch = transform.device_photometric()(raw)
     state = {"i": 0}
 
     def step() -> None:
@@ -120,8 +119,8 @@ def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bo
         state["i"] += 1
         if not photometric:  # the step proper: float crops as the workers used to hand them over
             batch = float_batch
-        else:  # as a CPU run with num_workers=0 does it: the photometric half in the step's process
-            batch = device_aug(raw) if lean else workers_photometric(raw, transform)
+        else:  # a CPU run with num_workers=0: the worker pipeline in the step's process, on both
+            batch = workers_photometric(raw, transform)  # sides (accelerator means workers on a CPU)
         if not lean:
             for net in (student, teacher):
                 for stage in net.backbone.stages:
@@ -178,7 +177,7 @@ def main() -> None:
     before, after = sum(counts["before"].values()), sum(counts["after"].values())
     print(f"ops of the step proper: {before / after:.2f}x fewer; the batched photometric half adds {photometric_ops} "
           f"ops per batch on the device (it replaces {args.batch} x 2 worker pipelines)")
-    print(f"full step CPU time incl. the photometric half (num_workers=0): after / before = "
+    print(f"full CPU step (num_workers=0, so the worker pipeline included): after / before = "
           f"{statistics.median(times['after']) / statistics.median(times['before']):.2f}")
 
 

@@ -215,15 +215,17 @@ def main(argv: list[str] | None = None) -> dict:
                                        cfg.data.synthetic_images_per_camera, seed=0)
     source = resolve_crop_source(cfg.data.root, cfg.data.keypoints, synthetic)
     aug = cfg.augment
+    # Mask-based batched ops pay off on a GPU; on a CPU the workers' per-crop code is faster.
+    on_device = aug.device == "main_process" or (aug.device == "accelerator" and device.type != "cpu")
     brightness, contrast, saturation, hue = aug.jitter
     transform = MultiCropTransform(cfg.model.img_size, cfg.model.local_size, aug.n_local, aug.global_scale,
                                    aug.local_scale, aug.ratio, flip_p=aug.flip_p, jitter_p=aug.jitter_p,
                                    brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
                                    grayscale_p=aug.grayscale_p, blur_p=aug.blur_p, solarize_p=aug.solarize_p,
-                                   mean=aug.mean, std=aug.std, photometric_on_device=aug.device == "accelerator",
+                                   mean=aug.mean, std=aug.std, photometric_on_device=on_device,
                                    blur_sigma=blur_sigma_for(aug.blur_sigma, cfg.model.img_size[0],
                                                              aug.blur_sigma_relative))
-    device_augment = transform.device_photometric() if aug.device == "accelerator" else None
+    device_augment = transform.device_photometric() if on_device else None
     with accelerator.main_process_first():  # the main process indexes once; the others read its file
         crops = build_pretrain_dataset(source, transform, cfg.data.min_height, cfg.data.max_aspect,
                                        index_dir=output_dir, build_index=accelerator.is_main_process)

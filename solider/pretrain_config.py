@@ -53,9 +53,10 @@ class AugmentConfig:
                                                       "global crop (official)")
     blur_sigma_relative: bool = opt(True, "scale blur_sigma by model.img_size[0] / 256 for every crop "
                                           "(same blur relative to the person); false: absolute pixels")
-    device: Literal["accelerator", "workers"] = opt(
-        "accelerator", "where the photometric ops run: batched on the training device (workers only "
-        "crop and resize), or in the data-loader workers")
+    device: Literal["accelerator", "workers", "main_process"] = opt(
+        "accelerator", "where the photometric ops run: accelerator = batched on the training device when "
+        "it is a GPU (workers only crop and resize), in the workers on a CPU; workers; main_process = "
+        "batched in the training process on any device")
     mean: tuple[float, float, float] = opt((0.485, 0.456, 0.406), "normalisation mean (ImageNet)")
     std: tuple[float, float, float] = opt((0.229, 0.224, 0.225), "normalisation std (ImageNet)")
 
