@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> float:
           f"(CPU time; wall {split_wall:.2f}x); the worker hands uint8 crops "
           f"({(2 * 256 * 128 + 8 * 128 * 64) * 3 / 2**20:.2f} MiB instead of "
           f"{(2 * 256 * 128 + 8 * 128 * 64) * 12 / 2**20:.2f} MiB of float32 per image)")
-    print(f"  the photometric half batched in one CPU process (no accelerator): {device_share(paths):.2f} ms/image")
+    share = device_share(paths)
+    print(f"  the photometric half batched in one CPU process (no accelerator): {share:.2f} ms/image")
     return ratio
 
 

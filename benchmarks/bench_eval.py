@@ -43,12 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.fastreid_ref import VERSION as FASTREID_VERSION
+from benchmarks.fastreid_ref import fastreid_evaluate, load_fastreid_evaluator
 from eval.features import compute_distance_matrix
 from eval.metrics import evaluate_rank
 from eval.rerank import k_reciprocal_rerank
-
-from benchmarks.fastreid_ref import VERSION as FASTREID_VERSION
-from benchmarks.fastreid_ref import fastreid_evaluate, load_fastreid_evaluator
 
 try:
     from tests.reference.naive_metrics import naive_evaluate
@@ -120,7 +119,8 @@ def bench_metrics(args: argparse.Namespace) -> None:
         if fastreid is not None:
             peer = fastreid_evaluate(fastreid, dist, *labels)
             # float32 accumulation and an unstable argsort on their side: equal up to rounding
-            assert abs(peer["mAP"] - ours["mAP"]) < 1e-4, f"fast-reid disagrees: {peer['mAP']} vs {ours['mAP']}"
+            assert abs(peer["mAP"] - ours["mAP"]) < 1e-4, \
+                f"fast-reid disagrees: {peer['mAP']} vs {ours['mAP']}"
             jobs["fastreid"] = (fastreid_evaluate, (fastreid, dist, *labels), {})
         best = best_of(args.rounds, jobs)
         k = args.naive_queries

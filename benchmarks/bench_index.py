@@ -48,7 +48,9 @@ def make_tree(root: Path, files: int, per_dir: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--per-dir", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=16, help="header reads in flight (first run)")
@@ -60,8 +62,10 @@ def main() -> None:
     try:
         tic = time.perf_counter()
         make_tree(work / "crops", args.files, args.per_dir)
-        print(f"generated {args.files} files in {args.files // args.per_dir} folders under {work} "
-              f"({time.perf_counter() - tic:.1f} s)")
+        print(
+            f"generated {args.files} files in {args.files // args.per_dir} folders under {work} "
+            f"({time.perf_counter() - tic:.1f} s)"
+        )
         tic = time.perf_counter()
         serial = index_unlabeled_images(work / "crops", min_height=0, max_aspect=1.0)
         t_serial = time.perf_counter() - tic
@@ -75,12 +79,23 @@ def main() -> None:
         size = (work / "run" / INDEX_FILE).stat().st_size
         n = args.files
         print(f"kept {len(first)} of {n} crops (too wide: {first.skipped['too_wide']})")
-        print(f"  before (serial, every process, every start) {t_serial:7.2f} s  {t_serial / n * 1e6:6.1f} us/file")
-        print(f"  first run (threads {args.threads}, saved)          {t_first:7.2f} s  {t_first / n * 1e6:6.1f} us/file"
-              f"   index file {size / 2**20:.1f} MiB")
-        print(f"  second run / other processes (read)       {t_second:7.2f} s  {t_second / n * 1e6:6.1f} us/file")
-        print(f"  second run start-up: {t_first / t_second:.1f}x faster than the first, "
-              f"{t_serial / t_second:.1f}x faster than before")
+        print(
+            f"  before (serial, every process, every start) {t_serial:7.2f} s  "
+            f"{t_serial / n * 1e6:6.1f} us/file"
+        )
+        print(
+            f"  first run (threads {args.threads}, saved)          {t_first:7.2f} s  "
+            f"{t_first / n * 1e6:6.1f} us/file"
+            f"   index file {size / 2**20:.1f} MiB"
+        )
+        print(
+            f"  second run / other processes (read)       {t_second:7.2f} s  "
+            f"{t_second / n * 1e6:6.1f} us/file"
+        )
+        print(
+            f"  second run start-up: {t_first / t_second:.1f}x faster than the first, "
+            f"{t_serial / t_second:.1f}x faster than before"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -82,22 +82,39 @@ def workers_photometric(raw: dict, transform: MultiCropTransform) -> dict:
     out = dict(raw)
     for name in ("global", "local"):
         crops, params = out[f"{name}_crops"], out.pop(f"{name}_photometric")
-        out[f"{name}_crops"] = torch.stack([
-            apply_on_workers(c, p, transform.mean, transform.std, transform.solarize_threshold / 255)
-            for c, p in zip(crops, params)])
+        out[f"{name}_crops"] = torch.stack(
+            [
+                apply_on_workers(c, p, transform.mean, transform.std, transform.solarize_threshold / 255)
+                for c, p in zip(crops, params)
+            ]
+        )
     return out
 
 
 def build(batch: int):
-    cfg = load_config(PretrainConfig, None, [
-        "model.arch=custom", "model.embed_dim=24", "model.depths=[2,2,6,2]", "model.num_heads=[1,2,4,8]",
-        "model.img_size=[64,32]", "model.local_size=[32,16]", "augment.n_local=8", "dino.out_dim=512",
-        "dino.hidden_dim=128", "dino.bottleneck_dim=64"])
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [
+            "model.arch=custom",
+            "model.embed_dim=24",
+            "model.depths=[2,2,6,2]",
+            "model.num_heads=[1,2,4,8]",
+            "model.img_size=[64,32]",
+            "model.local_size=[32,16]",
+            "augment.n_local=8",
+            "dino.out_dim=512",
+            "dino.hidden_dim=128",
+            "dino.bottleneck_dim=64",
+        ],
+    )
     torch.manual_seed(0)
     student, teacher = build_networks(cfg)
     transform = MultiCropTransform((64, 32), (32, 16), 8, photometric_on_device=True)
     g = torch.Generator().manual_seed(0)
-    items = [transform(torch.randint(0, 256, (3, 120, 50), dtype=torch.uint8, generator=g)) for _ in range(batch)]
+    items = [
+        transform(torch.randint(0, 256, (3, 120, 50), dtype=torch.uint8, generator=g)) for _ in range(batch)
+    ]
     raw = torch.utils.data.default_collate(items)
     raw["index"] = torch.arange(batch)
     return cfg, student, teacher, raw, transform
@@ -106,8 +123,11 @@ def build(batch: int):
 def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bool = True):
     student, teacher = copy.deepcopy(student), copy.deepcopy(teacher)
     groups = param_groups(student, 0.04)
-    opt = (adamw(groups, torch.device("cpu"), lr=1e-4) if lean
-           else torch.optim.AdamW(groups, lr=1e-4, foreach=False))
+    opt = (
+        adamw(groups, torch.device("cpu"), lr=1e-4)
+        if lean
+        else torch.optim.AdamW(groups, lr=1e-4, foreach=False)
+    )
     loss_fn = DINOLoss(cfg.dino.out_dim)
     settings = SemanticSettings(static_shapes=lean)
     watch = FiniteWatch(torch.device("cpu"))
@@ -138,19 +158,24 @@ def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bo
         opt.step()
         for name in ("backbone", "head"):
             (ema_update_ if lean else ema_before)(getattr(teacher, name), getattr(student, name), 0.996)
+
     return step
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg, student, teacher, raw, transform = build(args.batch)
-    steps = {name: make_step(cfg, student, teacher, raw, transform, lean=name == "after")
-             for name in ("before", "after")}
+    steps = {
+        name: make_step(cfg, student, teacher, raw, transform, lean=name == "after")
+        for name in ("before", "after")
+    }
     counts, times = {}, {name: [] for name in steps}
     for name in steps:  # ops of the step proper (the photometric half excluded on both sides)
         step = make_step(cfg, student, teacher, raw, transform, lean=name == "after", photometric=False)
@@ -168,17 +193,24 @@ def main() -> None:
             c0 = time.process_time()
             step()
             times[name].append(time.process_time() - c0)
-    print(f"pretraining step, Swin-T structure (narrow), batch {args.batch}, 2 x 64x32 + 8 x 32x16 crops, "
-          f"{args.threads} thread(s)")
+    print(
+        f"pretraining step, Swin-T structure (narrow), batch {args.batch}, 2 x 64x32 + 8 x 32x16 crops, "
+        f"{args.threads} thread(s)"
+    )
     for name in steps:
         total = sum(counts[name].values())
         top = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in counts[name].most_common(6))
         print(f"  {name:<7} {total:6d} ATen ops   CPU {statistics.median(times[name]):6.3f} s/step   ({top})")
     before, after = sum(counts["before"].values()), sum(counts["after"].values())
-    print(f"ops of the step proper: {before / after:.2f}x fewer; the batched photometric half adds {photometric_ops} "
-          f"ops per batch on the device (it replaces {args.batch} x 2 worker pipelines)")
-    print(f"full CPU step (num_workers=0, so the worker pipeline included): after / before = "
-          f"{statistics.median(times['after']) / statistics.median(times['before']):.2f}")
+    print(
+        f"ops of the step proper: {before / after:.2f}x fewer; the batched photometric half adds "
+        f"{photometric_ops} "
+        f"ops per batch on the device (it replaces {args.batch} x 2 worker pipelines)"
+    )
+    print(
+        f"full CPU step (num_workers=0, so the worker pipeline included): after / before = "
+        f"{statistics.median(times['after']) / statistics.median(times['before']):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def _run(cmd: list[str], cwd: Path, env_path: Path | None = None, timeout: int =
     if env_path is not None:
         env["PYTHONPATH"] = f"{env_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
     return proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
@@ -53,7 +55,9 @@ def _import(path: Path) -> ModuleType:
     return module
 
 
-def load_fastreid_evaluator(cache: Path = CACHE, allow_download: bool = True) -> tuple[ModuleType | None, str]:
+def load_fastreid_evaluator(
+    cache: Path = CACHE, allow_download: bool = True
+) -> tuple[ModuleType | None, str]:
     """(the compiled ``rank_cy`` module, "") or (None, why it is not available)."""
     built = sorted(cache.glob("rank_cy*.so")) + sorted(cache.glob("rank_cy*.pyd"))
     if built:
@@ -66,8 +70,23 @@ def load_fastreid_evaluator(cache: Path = CACHE, allow_download: bool = True) ->
     if not pyx.is_file():
         wheels = sorted(cache.glob(f"fastreid-{VERSION}-*.whl"))
         if not wheels and allow_download:
-            ok, log = _run([sys.executable, "-m", "pip", "download", f"fastreid=={VERSION}", "--no-deps",
-                            "--only-binary", ":all:", "-d", str(cache), "-q"], cache, timeout=120)
+            ok, log = _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    f"fastreid=={VERSION}",
+                    "--no-deps",
+                    "--only-binary",
+                    ":all:",
+                    "-d",
+                    str(cache),
+                    "-q",
+                ],
+                cache,
+                timeout=120,
+            )
             wheels = sorted(cache.glob(f"fastreid-{VERSION}-*.whl"))
             if not wheels:
                 return None, f"could not download fastreid=={VERSION} from the registry: {log.strip()[-300:]}"
@@ -79,8 +98,11 @@ def load_fastreid_evaluator(cache: Path = CACHE, allow_download: bool = True) ->
     if importlib.util.find_spec("Cython") is None and not (deps / "Cython").is_dir():
         if not allow_download:
             return None, "Cython is not installed and downloads are off"
-        ok, log = _run([sys.executable, "-m", "pip", "install", "--target", str(deps), "cython", "-q"], cache,
-                       timeout=300)
+        ok, log = _run(
+            [sys.executable, "-m", "pip", "install", "--target", str(deps), "cython", "-q"],
+            cache,
+            timeout=300,
+        )
         if not ok:
             return None, f"could not install Cython: {log.strip()[-300:]}"
     ok, log = _run([sys.executable, "-c", _BUILD], cache, env_path=deps)
@@ -90,8 +112,9 @@ def load_fastreid_evaluator(cache: Path = CACHE, allow_download: bool = True) ->
     return _import(built[0]), ""
 
 
-def fastreid_evaluate(module: ModuleType, distmat, q_pids, g_pids, q_camids, g_camids,
-                      max_rank: int = 50) -> dict:
+def fastreid_evaluate(
+    module: ModuleType, distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
+) -> dict:
     """fast-reid's ``evaluate_cy`` (Market-1501 protocol) as a dict like ``evaluate_rank``'s."""
     import numpy as np
 

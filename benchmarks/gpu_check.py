@@ -43,13 +43,40 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
 
 def sizes(tiny: bool) -> dict:
     if tiny:
-        return dict(arch={"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7},
-                    img=(64, 32), local=(32, 16), n_local=2, out_dim=256, hidden=64, bottleneck=32,
-                    batches=(2, 4), steps=1, warmup=1, loader_images=8, workers=1, ft_batch=8,
-                    market=(100, 500), rerank=(50, 150))
-    return dict(arch="swin_tiny", img=(256, 128), local=(128, 64), n_local=8, out_dim=65536, hidden=2048,
-                bottleneck=256, batches=(64, 128), steps=10, warmup=3, loader_images=2048, workers=15,
-                ft_batch=64, market=(3368, 15913), rerank=(3368, 15913))
+        return dict(
+            arch={"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7},
+            img=(64, 32),
+            local=(32, 16),
+            n_local=2,
+            out_dim=256,
+            hidden=64,
+            bottleneck=32,
+            batches=(2, 4),
+            steps=1,
+            warmup=1,
+            loader_images=8,
+            workers=1,
+            ft_batch=8,
+            market=(100, 500),
+            rerank=(50, 150),
+        )
+    return dict(
+        arch="swin_tiny",
+        img=(256, 128),
+        local=(128, 64),
+        n_local=8,
+        out_dim=65536,
+        hidden=2048,
+        bottleneck=256,
+        batches=(64, 128),
+        steps=10,
+        warmup=3,
+        loader_images=2048,
+        workers=15,
+        ft_batch=64,
+        market=(3368, 15913),
+        rerank=(3368, 15913),
+    )
 
 
 def networks(s: dict, semantic: bool, compile_: bool, device: torch.device):
@@ -57,8 +84,13 @@ def networks(s: dict, semantic: bool, compile_: bool, device: torch.device):
         backbone = build_swin(s["arch"], img_size=s["img"], drop_path_rate=0.1 if part else 0.0)
         dim = backbone.num_features[-1]
         head = DINOHead(dim, s["out_dim"], hidden_dim=s["hidden"], bottleneck_dim=s["bottleneck"])
-        part_head = DINOHead(dim, 4, nlayers=3, hidden_dim=s["hidden"], bottleneck_dim=s["bottleneck"]) if part else None
+        part_head = (
+            DINOHead(dim, 4, nlayers=3, hidden_dim=s["hidden"], bottleneck_dim=s["bottleneck"])
+            if part
+            else None
+        )
         return MultiCropNet(backbone, head, part_head)
+
     torch.manual_seed(0)
     student, teacher = net(semantic), net(False)
     teacher.load_state_dict({k: v for k, v in student.state_dict().items() if not k.startswith("part_head.")})
@@ -74,8 +106,12 @@ def raw_batch(s: dict, batch: int, device: torch.device):
     """A collated batch as the loader hands it over: uint8 crops + photometric parameters."""
     transform = MultiCropTransform(s["img"], s["local"], s["n_local"], photometric_on_device=True)
     g = torch.Generator().manual_seed(0)
-    items = [transform(torch.randint(0, 256, (3, s["img"][0] + 30, s["img"][1] + 10), dtype=torch.uint8,
-                                     generator=g)) for _ in range(batch)]
+    items = [
+        transform(
+            torch.randint(0, 256, (3, s["img"][0] + 30, s["img"][1] + 10), dtype=torch.uint8, generator=g)
+        )
+        for _ in range(batch)
+    ]
     raw = torch.utils.data.default_collate(items)
     index = torch.arange(batch)
     raw = {k: v.to(device, non_blocking=True) for k, v in raw.items() if k != "has_keypoints"}
@@ -90,7 +126,11 @@ def pretrain_step_fn(s: dict, batch: int, semantic: bool, compile_: bool, device
     settings = SemanticSettings(enabled=semantic)
     raw, augment = raw_batch(s, batch, device)
     watch = FiniteWatch(device)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    amp = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda"
+        else contextlib.nullcontext
+    )
 
     def step(i: int) -> None:
         set_optimizer_values(optimizer, 1e-4, 0.04)
@@ -105,6 +145,7 @@ def pretrain_step_fn(s: dict, batch: int, semantic: bool, compile_: bool, device
         optimizer.step()
         for name in ("backbone", "head"):
             ema_update_(getattr(teacher, name), getattr(student, name), 0.996)
+
     return step
 
 
@@ -127,7 +168,9 @@ def timed(step, steps: int, warmup: int, device: torch.device) -> float:
 
 
 def peak_gib(device: torch.device) -> str:
-    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
+    return (
+        f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
+    )
 
 
 def sdpa_backend(s: dict, device: torch.device) -> str:
@@ -136,12 +179,18 @@ def sdpa_backend(s: dict, device: torch.device) -> str:
         return "CPU: explicit softmax(QK^T + bias)V (fused=False by default on CPU)"
     model = build_swin(s["arch"], img_size=s["img"]).to(device).eval()
     x = torch.randn(8, 3, *s["img"], device=device)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), \
-            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with (
+        torch.no_grad(),
+        torch.autocast("cuda", dtype=torch.bfloat16),
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof,
+    ):
         model(x)
     names = {e.key.lower() for e in prof.key_averages()}
-    for label, keys in (("flash", ("flash",)), ("memory-efficient", ("fmha", "efficient", "mem_eff")),
-                        ("cuDNN", ("cudnn",))):
+    for label, keys in (
+        ("flash", ("flash",)),
+        ("memory-efficient", ("fmha", "efficient", "mem_eff")),
+        ("cuDNN", ("cudnn",)),
+    ):
         if any(k in n for n in names for k in keys):
             return f"{label} ({next(n for n in names if any(k in n for k in keys))[:60]})"
     return "math (no fused attention kernel seen)"
@@ -158,8 +207,11 @@ def loader_rate(s: dict, workers: int, batch: int) -> float:
         transform = MultiCropTransform(s["img"], s["local"], s["n_local"], photometric_on_device=True)
         dataset = PerSampleSeeded(MultiCropDataset(files, transform), 0)
         sampler = ShuffleBatchSampler(len(dataset), min(batch, len(dataset)), 0)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset),
-                                             **loader_options(workers, torch.device("cpu")))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=EpochTaggedBatches(sampler, dataset),
+            **loader_options(workers, torch.device("cpu")),
+        )
         it = iter(loader)
         next(it)  # workers started and warm
         tic, images = time.perf_counter(), 0
@@ -180,7 +232,11 @@ def finetune_rate(s: dict, device: torch.device) -> float:
     b = s["ft_batch"]
     x = torch.randn(b, 3, *s["img"], device=device)
     pids = torch.arange(b // 4, device=device).repeat_interleave(4)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    amp = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda"
+        else contextlib.nullcontext
+    )
 
     def step(_: int) -> None:
         with amp():
@@ -188,6 +244,7 @@ def finetune_rate(s: dict, device: torch.device) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return b / timed(step, s["steps"], s["warmup"], device)
 
 
@@ -219,14 +276,20 @@ def eval_times(s: dict, device: torch.device) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true", help="toy sizes, seconds on a CPU (the test)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-compile", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak (default by GPU name)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="dense bf16 peak (default by GPU name)"
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     s = sizes(args.tiny)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
@@ -249,17 +312,25 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
         for batch in s["batches"]:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            seconds = timed(pretrain_step_fn(s, batch, True, compile_, device), s["steps"], s["warmup"], device)
+            seconds = timed(
+                pretrain_step_fn(s, batch, True, compile_, device), s["steps"], s["warmup"], device
+            )
             ips = batch / seconds
             mfu = f", MFU {ips * flops['SOLIDER'] / (peak * 1e12):.1%}" if peak else ""
-            row("pretrain SOLIDER, bf16" if device.type == "cuda" else "pretrain SOLIDER, fp32",
+            row(
+                "pretrain SOLIDER, bf16" if device.type == "cuda" else "pretrain SOLIDER, fp32",
                 f"batch {batch}, {'compiled' if compile_ else 'eager'}",
-                f"{ips:.1f} images/s{mfu}, peak {peak_gib(device)}")
+                f"{ips:.1f} images/s{mfu}, peak {peak_gib(device)}",
+            )
     row("window attention SDPA backend", "bf16", sdpa_backend(s, device))
     rate = loader_rate(s, s["workers"], s["batches"][0])
     row("data loader alone", f"{s['workers']} workers, uint8 out", f"{rate:.0f} images/s")
     ft = finetune_rate(s, device)
-    row("fine-tuning", f"batch {s['ft_batch']}", f"{ft:.1f} images/s; 120 epochs x 13k: {120 * 12936 / ft / 60:.1f} min")
+    row(
+        "fine-tuning",
+        f"batch {s['ft_batch']}",
+        f"{ft:.1f} images/s; 120 epochs x 13k: {120 * 12936 / ft / 60:.1f} min",
+    )
     t_eval, t_rerank = eval_times(s, device)
     row("evaluator (evaluate_rank)", f"{s['market'][0]} x {s['market'][1]}", f"{t_eval:.3f} s")
     row("k-reciprocal re-ranking", f"{s['rerank'][0]} + {s['rerank'][1]}", f"{t_rerank:.2f} s")
@@ -267,7 +338,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")
     if args.json:
-        Path(args.json).write_text(json.dumps([dict(zip(("what", "setting", "result"), r)) for r in rows], indent=1))
+        Path(args.json).write_text(
+            json.dumps([dict(zip(("what", "setting", "result"), r)) for r in rows], indent=1)
+        )
     return rows
 
 

@@ -61,7 +61,8 @@ def build_train_data(data: MarketDataset, transform: ReIDTransform, batch_size: 
     sampler = PKBatchSampler([r.pid for r in data.train], batch_size // num_instances, num_instances,
                              seed=seed, rank=rank, world_size=world_size)
     # persistent workers: the epoch reaches them with every index (EpochTaggedBatches)
-    loader = DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset), generator=torch.Generator(),
+    loader = DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset),
+                        generator=torch.Generator(),
                         **_loader_options(num_workers, pin_memory))
     return TrainData(dataset, sampler, loader, len(sampler))  # a fresh sampler starts at batch 0
 

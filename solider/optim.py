@@ -195,7 +195,7 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
     names = _match_by_name(t_params, s_params, "parameter")
     t_list = [t_params[n].data for n in names]
-    s_list = [s_params[n].to(t_params[n].dtype) for n in names]  # no_grad: no detach needed (one op less each)
+    s_list = [s_params[n].to(t_params[n].dtype) for n in names]  # no_grad: no detach needed
     if t_list:
         # foreach kernels: one launch per dtype/device group instead of two per tensor.
         torch._foreach_mul_(t_list, momentum)

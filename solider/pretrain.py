@@ -108,7 +108,8 @@ def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str
         logger.info("init: %s", load_backbone_weights(net.backbone, path))
 
 
-def build_optimizer(cfg: PretrainConfig, student: MultiCropNet, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg: PretrainConfig, student: MultiCropNet,
+                    device: torch.device) -> torch.optim.Optimizer:
     trained = student if cfg.semantic.train_part_head or student.part_head is None else \
         nn.ModuleList([student.backbone, student.head])  # official: the part head is never optimised
     return adamw(param_groups(trained, cfg.optim.weight_decay), device, lr=0.0, betas=cfg.optim.betas)
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.config = str(DEMO_CONFIG)
     cfg = config_from_args(PretrainConfig, args)
     output_dir = Path(cfg.output_dir)
-    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir, static_graph=True)  # same params every step
+    # static_graph: the student uses the same parameters in every step
+    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir, static_graph=True)
     setup_logging(accelerator.is_main_process)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
     device, world = accelerator.device, accelerator.num_processes
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset),
-                                         generator=torch.Generator(), **loader_options(cfg.data.num_workers, device))
+                                         generator=torch.Generator(),
+                                         **loader_options(cfg.data.num_workers, device))
     monitor_root = cfg.monitor.data_root or source.market_root
     monitor = (monitor_datasets(monitor_split(monitor_root, cfg.monitor.max_images), cfg.model.img_size,
                                 aug.mean, aug.std) if monitor_root and accelerator.is_main_process else None)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
+from solider.data.index_cache import cached_unlabeled_index
 from solider.data.keypoints import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
 from solider.data.multicrop import MultiCropTransform
 from solider.data.synthetic import generate_market_dataset
 from solider.data.transforms import build_reid_test_transform
-from solider.data.index_cache import cached_unlabeled_index
 from solider.data.unlabeled import index_unlabeled_images
 from solider.utils.logging import get_logger
 

@@ -65,8 +65,11 @@ def _directory_stamps(folder: Path) -> list[tuple[str, int]]:
 def source_fingerprint(source: str | Path, min_height: int, max_aspect: float) -> str:
     """A hash that changes when the crops of ``source`` or the filters change (module docstring)."""
     source = Path(source).resolve()
-    h = hashlib.sha256(json.dumps([_FORMAT, str(source), int(min_height),
-                                   None if math.isinf(max_aspect) else float(max_aspect)]).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            [_FORMAT, str(source), int(min_height), None if math.isinf(max_aspect) else float(max_aspect)]
+        ).encode()
+    )
     if source.is_dir():
         for rel, mtime in _directory_stamps(source):
             h.update(f"{rel}\0{mtime}\n".encode())
@@ -82,16 +85,27 @@ def save_index(index: UnlabeledIndex, fingerprint: str, path: Path) -> None:
     prefix = root.rstrip(os.sep) + os.sep
     # below the root: the path after it (so the rebuilt string equals the original exactly);
     # anything else (absolute lines of a list file): the whole path after a NUL marker
-    rel = [e.path[len(prefix):] if e.path.startswith(prefix) else "\0" + e.path for e in index.entries]
+    rel = [e.path[len(prefix) :] if e.path.startswith(prefix) else "\0" + e.path for e in index.entries]
     blob = "\n".join(rel).encode("utf-8", "surrogateescape")
     sizes = np.array([e.size if e.size is not None else (-1, -1) for e in index.entries], dtype=np.int32)
-    meta = json.dumps({"format": _FORMAT, "fingerprint": fingerprint, "root": root, "skipped": index.skipped,
-                       "count": len(rel)})
+    meta = json.dumps(
+        {
+            "format": _FORMAT,
+            "fingerprint": fingerprint,
+            "root": root,
+            "skipped": index.skipped,
+            "count": len(rel),
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, meta=np.frombuffer(meta.encode(), dtype=np.uint8),
-                 paths=np.frombuffer(blob, dtype=np.uint8), sizes=sizes.reshape(-1, 2))
+        np.savez(
+            f,
+            meta=np.frombuffer(meta.encode(), dtype=np.uint8),
+            paths=np.frombuffer(blob, dtype=np.uint8),
+            sizes=sizes.reshape(-1, 2),
+        )
     os.replace(tmp, path)
 
 
@@ -100,18 +114,35 @@ def load_index(path: Path, fingerprint: str | None = None) -> UnlabeledIndex | N
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes().decode())
-            if meta.get("format") != _FORMAT or (fingerprint is not None and meta["fingerprint"] != fingerprint):
+            if meta.get("format") != _FORMAT or (
+                fingerprint is not None and meta["fingerprint"] != fingerprint
+            ):
                 return None
-            rel = data["paths"].tobytes().decode("utf-8", "surrogateescape").split("\n") if meta["count"] else []
+            rel = (
+                data["paths"].tobytes().decode("utf-8", "surrogateescape").split("\n")
+                if meta["count"]
+                else []
+            )
             sizes = data["sizes"]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # JSONDecodeError is a ValueError
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as exc:  # JSONDecodeError is a ValueError
         logger.warning("%s: unreadable crop index (%s); it is rebuilt", path, exc)
         return None
     if len(rel) != meta["count"] or len(sizes) != len(rel):
-        logger.warning("%s: crop index is truncated (%d paths, %d sizes, %d expected); it is rebuilt", path,
-                       len(rel), len(sizes), meta["count"])
+        logger.warning(
+            "%s: crop index is truncated (%d paths, %d sizes, %d expected); it is rebuilt",
+            path,
+            len(rel),
+            len(sizes),
+            meta["count"],
+        )
         return None
     root = meta["root"]
     prefix = root.rstrip(os.sep) + os.sep
@@ -120,16 +151,24 @@ def load_index(path: Path, fingerprint: str | None = None) -> UnlabeledIndex | N
     enabled = gc.isenabled()
     gc.disable()
     try:
-        entries = [ImageEntry(r[1:] if r.startswith("\0") else prefix + r, None if w < 0 else (w, h))
-                   for r, w, h in zip(rel, sizes[:, 0].tolist(), sizes[:, 1].tolist())]
+        entries = [
+            ImageEntry(r[1:] if r.startswith("\0") else prefix + r, None if w < 0 else (w, h))
+            for r, w, h in zip(rel, sizes[:, 0].tolist(), sizes[:, 1].tolist())
+        ]
     finally:
         if enabled:
             gc.enable()
     return UnlabeledIndex(root, entries, dict(meta["skipped"]))
 
 
-def cached_unlabeled_index(source: str | Path, min_height: int, max_aspect: float, run_dir: str | Path | None,
-                           build: bool = True, threads: int = 16) -> UnlabeledIndex:
+def cached_unlabeled_index(
+    source: str | Path,
+    min_height: int,
+    max_aspect: float,
+    run_dir: str | Path | None,
+    build: bool = True,
+    threads: int = 16,
+) -> UnlabeledIndex:
     """The index of ``source`` from ``run_dir/crop_index.npz`` when it is current, else built.
 
     Args:
@@ -154,6 +193,7 @@ def cached_unlabeled_index(source: str | Path, min_height: int, max_aspect: floa
     index = index_unlabeled_images(source, min_height=min_height, max_aspect=max_aspect, threads=threads)
     if build:
         save_index(index, fingerprint, path)
-        logger.info("crop index: %d crops indexed in %.1f s, saved to %s", len(index), time.perf_counter() - tic,
-                    path)
+        logger.info(
+            "crop index: %d crops indexed in %.1f s, saved to %s", len(index), time.perf_counter() - tic, path
+        )
     return index

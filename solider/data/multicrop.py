@@ -138,7 +138,8 @@ class MultiCropTransform:
 
     def device_photometric(self) -> DevicePhotometric:
         """The main-process half when ``photometric_on_device`` (see ``solider.data.photometric``)."""
-        return DevicePhotometric(self.mean.flatten().tolist(), self.std.flatten().tolist(), self.blur_sigma[1],
+        return DevicePhotometric(self.mean.flatten().tolist(), self.std.flatten().tolist(),
+                                 self.blur_sigma[1],
                                  self.solarize_threshold / 255)
 
     def __repr__(self) -> str:
@@ -166,7 +167,8 @@ class MultiCropTransform:
 
     def _params(self, n: int, blur_p: torch.Tensor, solarize_p: torch.Tensor) -> torch.Tensor:
         """(n, 13) photometric parameters (``solider.data.photometric``) from the global RNG."""
-        return photometric.draw_params(n, self.jitter_p, self.jitter, self.grayscale_p, self.blur_sigma, blur_p,
+        return photometric.draw_params(n, self.jitter_p, self.jitter, self.grayscale_p, self.blur_sigma,
+                                       blur_p,
                                        solarize_p)
 
     def __call__(self, image: Image.Image | torch.Tensor, keypoints: np.ndarray | None = None) -> dict:
@@ -180,11 +182,13 @@ class MultiCropTransform:
                                    keypoints if has_kpts else None)
         l_u8, _ = self._crops(pixels, self.n_local, self.local_size, self.local_scale, None)
         g_params = self._params(2, torch.tensor(self.blur_p[:2]), torch.tensor([0.0, self.solarize_p]))
-        l_params = self._params(self.n_local, torch.full((self.n_local,), self.blur_p[2]), torch.zeros(self.n_local))
+        l_params = self._params(self.n_local, torch.full((self.n_local,), self.blur_p[2]),
+                                torch.zeros(self.n_local))
         item = {"global_keypoints": torch.from_numpy(g_kpts), "has_keypoints": has_kpts}
         if self.photometric_on_device:  # uint8 crops and their parameters; the accelerator does the rest
             return {**item, "global_crops": g_u8, "local_crops": l_u8, "global_photometric": g_params,
                     "local_photometric": l_params}
         threshold = self.solarize_threshold / 255
-        return {**item, "global_crops": photometric.apply_on_workers(g_u8, g_params, self.mean, self.std, threshold),
-                "local_crops": photometric.apply_on_workers(l_u8, l_params, self.mean, self.std, threshold)}
+        on_workers = photometric.apply_on_workers
+        return {**item, "global_crops": on_workers(g_u8, g_params, self.mean, self.std, threshold),
+                "local_crops": on_workers(l_u8, l_params, self.mean, self.std, threshold)}

@@ -24,11 +24,25 @@ import torch
 
 from solider.data import augment_ops as ops
 
-__all__ = ["COLUMNS", "NUM_PARAMS", "draw_params", "apply_on_workers", "apply_photometric", "DevicePhotometric",
-           "blur_sigma_for"]
+__all__ = [
+    "COLUMNS",
+    "NUM_PARAMS",
+    "draw_params",
+    "apply_on_workers",
+    "apply_photometric",
+    "DevicePhotometric",
+    "blur_sigma_for",
+]
 
-COLUMNS = {"apply": 0, "factors": slice(1, 5), "order": slice(5, 9), "gray": 9, "sigma": 10, "blur": 11,
-           "solarize": 12}
+COLUMNS = {
+    "apply": 0,
+    "factors": slice(1, 5),
+    "order": slice(5, 9),
+    "gray": 9,
+    "sigma": 10,
+    "blur": 11,
+    "solarize": 12,
+}
 NUM_PARAMS = 13
 REFERENCE_HEIGHT = 256  # the official blur sigma (0.1-2 px) is for 256-pixel-high global crops
 
@@ -43,8 +57,15 @@ def blur_sigma_for(sigma: tuple[float, float], img_height: int, relative: bool) 
     return (sigma[0] * factor, sigma[1] * factor)
 
 
-def draw_params(n: int, jitter_p: float, jitter: tuple[float, float, float, float], grayscale_p: float,
-                blur_sigma: tuple[float, float], blur_p: torch.Tensor, solarize_p: torch.Tensor) -> torch.Tensor:
+def draw_params(
+    n: int,
+    jitter_p: float,
+    jitter: tuple[float, float, float, float],
+    grayscale_p: float,
+    blur_sigma: tuple[float, float],
+    blur_p: torch.Tensor,
+    solarize_p: torch.Tensor,
+) -> torch.Tensor:
     """(n, 13) photometric parameters of n crops from the global torch RNG, in the worker
     pipeline's order of draws (jitter, grayscale, sigma, blur, solarize)."""
     if n == 0:
@@ -54,19 +75,40 @@ def draw_params(n: int, jitter_p: float, jitter: tuple[float, float, float, floa
     sigma = ops.gaussian_sigmas(n, *blur_sigma)
     blur = torch.rand(n) < blur_p
     solarize = torch.rand(n) < solarize_p
-    return torch.cat([j.apply[:, None].float(), j.factors, j.order.float(), gray[:, None].float(), sigma[:, None],
-                      blur[:, None].float(), solarize[:, None].float()], dim=1)
+    return torch.cat(
+        [
+            j.apply[:, None].float(),
+            j.factors,
+            j.order.float(),
+            gray[:, None].float(),
+            sigma[:, None],
+            blur[:, None].float(),
+            solarize[:, None].float(),
+        ],
+        dim=1,
+    )
 
 
 def _unpack(params: torch.Tensor):
     c = COLUMNS
-    return (params[:, c["apply"]] > 0.5, params[:, c["factors"]], params[:, c["order"]].round().long(),
-            params[:, c["gray"]] > 0.5, params[:, c["sigma"]], params[:, c["blur"]] > 0.5,
-            params[:, c["solarize"]] > 0.5)
+    return (
+        params[:, c["apply"]] > 0.5,
+        params[:, c["factors"]],
+        params[:, c["order"]].round().long(),
+        params[:, c["gray"]] > 0.5,
+        params[:, c["sigma"]],
+        params[:, c["blur"]] > 0.5,
+        params[:, c["solarize"]] > 0.5,
+    )
 
 
-def apply_on_workers(crops: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                     solarize_threshold: float) -> torch.Tensor:
+def apply_on_workers(
+    crops: torch.Tensor,
+    params: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    solarize_threshold: float,
+) -> torch.Tensor:
     """The worker-side pipeline (``solider.data.augment_ops``, fast on a CPU core for one image's
     crops) on given parameters: uint8 (n, 3, H, W) -> normalised float32."""
     x = crops.float().div_(255)
@@ -80,8 +122,14 @@ def apply_on_workers(crops: torch.Tensor, params: torch.Tensor, mean: torch.Tens
     return x.sub_(mean).div_(std)
 
 
-def apply_photometric(crops: torch.Tensor, params: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                      max_sigma: float, solarize_threshold: float) -> torch.Tensor:
+def apply_photometric(
+    crops: torch.Tensor,
+    params: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    max_sigma: float,
+    solarize_threshold: float,
+) -> torch.Tensor:
     """Batched, mask-based photometric ops on the crops' device: uint8 (N, 3, H, W) and (N, 13)
     parameters -> normalised float32 (N, 3, H, W). ``max_sigma`` bounds the blur kernel size."""
     x = crops.float().div_(255)
@@ -148,7 +196,8 @@ class DevicePhotometric:
         for name in ("global", "local"):
             crops, params = out[f"{name}_crops"], out.pop(f"{name}_photometric")
             b, n = crops.shape[:2]
-            flat = apply_photometric(crops.flatten(0, 1), params.flatten(0, 1), self.mean, self.std,
-                                     self.max_sigma, self.threshold)
+            flat = apply_photometric(
+                crops.flatten(0, 1), params.flatten(0, 1), self.mean, self.std, self.max_sigma, self.threshold
+            )
             out[f"{name}_crops"] = flat.view(b, n, *flat.shape[1:])
         return out

@@ -124,7 +124,8 @@ def index_unlabeled_images(source: str | Path, min_height: int = 0, max_aspect: 
     if threads > 1:  # in blocks: one future per block, not per file (millions of files)
         blocks = [paths[i:i + 512] for i in range(0, len(paths), 512)]
         with ThreadPoolExecutor(threads) as pool:
-            sizes = [size for block in pool.map(lambda b: [_try_size(p) for p in b], blocks) for size in block]
+            done = pool.map(lambda b: [_try_size(p) for p in b], blocks)
+            sizes = [size for block in done for size in block]
     else:
         sizes = map(_try_size, paths)
     for path, size in zip(paths, sizes):

@@ -84,8 +84,8 @@ class FiniteWatch:
 
     def observe(self, loss: torch.Tensor, step: int) -> None:
         bad = ~torch.isfinite(loss.detach()).reshape(1)
-        self.first_bad = torch.where(bad, torch.minimum(self.first_bad, torch.full_like(self.first_bad, step)),
-                                     self.first_bad)
+        earliest = torch.minimum(self.first_bad, torch.full_like(self.first_bad, step))
+        self.first_bad = torch.where(bad, earliest, self.first_bad)
 
     def check(self, accelerator, step: int, metrics: Mapping[str, float | torch.Tensor], advice: str) -> None:
         """Raise :class:`NonFiniteLossError` on every process if any process saw a non-finite loss.

@@ -18,11 +18,24 @@ from solider.semantics import part_classification_loss
 
 
 def _tiny_cfg() -> PretrainConfig:
-    return load_config(PretrainConfig, None, [
-        "model.arch=custom", "model.embed_dim=16", "model.depths=[2,2]", "model.num_heads=[1,2]",
-        "model.img_size=[64,32]", "model.local_size=[32,16]", "model.drop_path_rate=0.0",
-        "augment.n_local=2", "dino.out_dim=64", "dino.hidden_dim=32", "dino.bottleneck_dim=16",
-        "semantic.part_head_layers=2"])
+    return load_config(
+        PretrainConfig,
+        None,
+        [
+            "model.arch=custom",
+            "model.embed_dim=16",
+            "model.depths=[2,2]",
+            "model.num_heads=[1,2]",
+            "model.img_size=[64,32]",
+            "model.local_size=[32,16]",
+            "model.drop_path_rate=0.0",
+            "augment.n_local=2",
+            "dino.out_dim=64",
+            "dino.hidden_dim=32",
+            "dino.bottleneck_dim=16",
+            "semantic.part_head_layers=2",
+        ],
+    )
 
 
 def _batch(b: int = 4) -> dict:
@@ -30,14 +43,46 @@ def _batch(b: int = 4) -> dict:
     g = torch.Generator().manual_seed(0)
     h, w = 64, 32
     kp = torch.zeros(b, 2, 17, 3)
-    ys = torch.tensor([.12, .1, .1, .11, .11, .25, .25, .4, .4, .52, .52, .55, .55, .75, .75, .93, .93]) * h
-    xs = torch.tensor([.5, .47, .53, .44, .56, .35, .65, .3, .7, .28, .72, .42, .58, .42, .58, .42, .58]) * w
+    ys = (
+        torch.tensor(
+            [0.12, 0.1, 0.1, 0.11, 0.11, 0.25, 0.25, 0.4, 0.4, 0.52, 0.52, 0.55, 0.55, 0.75, 0.75, 0.93, 0.93]
+        )
+        * h
+    )
+    xs = (
+        torch.tensor(
+            [
+                0.5,
+                0.47,
+                0.53,
+                0.44,
+                0.56,
+                0.35,
+                0.65,
+                0.3,
+                0.7,
+                0.28,
+                0.72,
+                0.42,
+                0.58,
+                0.42,
+                0.58,
+                0.42,
+                0.58,
+            ]
+        )
+        * w
+    )
     kp[..., 0], kp[..., 1], kp[..., 2] = xs, ys, 2.0
     has = torch.arange(b) % 2 == 0
     kp[~has] = 0
-    return {"global_crops": torch.randn(b, 2, 3, h, w, generator=g),
-            "local_crops": torch.randn(b, 2, 3, 32, 16, generator=g),
-            "global_keypoints": kp, "has_keypoints": has, "index": torch.arange(b)}
+    return {
+        "global_crops": torch.randn(b, 2, 3, h, w, generator=g),
+        "local_crops": torch.randn(b, 2, 3, 32, 16, generator=g),
+        "global_keypoints": kp,
+        "has_keypoints": has,
+        "index": torch.arange(b),
+    }
 
 
 @pytest.mark.parametrize("masking", [True, False])
@@ -58,8 +103,12 @@ def test_static_shapes_give_the_official_loss_and_gradients(masking):
     assert 0 < float(official.metrics["labelled_share"]) < 1  # some crops labelled, some not: a real test
     torch.testing.assert_close(static.loss, official.loss, rtol=1e-5, atol=1e-7)
     for key in ("semantic_loss", "part_accuracy", "dino_loss", "masked_images"):
-        torch.testing.assert_close(torch.as_tensor(static.metrics[key]).float(),
-                                   torch.as_tensor(official.metrics[key]).float(), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(
+            torch.as_tensor(static.metrics[key]).float(),
+            torch.as_tensor(official.metrics[key]).float(),
+            rtol=1e-5,
+            atol=1e-7,
+        )
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
@@ -77,13 +126,17 @@ def test_masked_part_loss_equals_the_loss_of_the_valid_subset():
     torch.testing.assert_close(acc, ref_acc)
     (grad,) = torch.autograd.grad(loss, logits)
     assert torch.count_nonzero(grad[~valid]) == 0
-    none_valid, none_acc = part_classification_loss(logits, labels, weights, valid=torch.zeros(6, dtype=torch.bool))
+    none_valid, none_acc = part_classification_loss(
+        logits, labels, weights, valid=torch.zeros(6, dtype=torch.bool)
+    )
     assert float(none_valid.detach()) == 0 and float(none_acc) == 0 and none_valid.requires_grad
 
 
-_HOST_READS = ("torch.randint(1, num_parts + 1, (1,), generator=generator).item()",  # CPU generator
-               'bool(batch["has_keypoints"].any())',  # host keys of the batch (solider.pretrain_step.HOST_KEYS)
-               "for i in indices.tolist()")
+_HOST_READS = (
+    "torch.randint(1, num_parts + 1, (1,), generator=generator).item()",  # CPU generator
+    'bool(batch["has_keypoints"].any())',  # host keys of the batch (solider.pretrain_step.HOST_KEYS)
+    "for i in indices.tolist()",
+)
 
 
 def _host_reads(monkeypatch, run) -> list[str]:
@@ -95,6 +148,7 @@ def _host_reads(monkeypatch, run) -> list[str]:
         def spy(self, *a, _real=real, **kw):
             reads.append(traceback.extract_stack(limit=2)[0].line)
             return _real(self, *a, **kw)
+
         monkeypatch.setattr(torch.Tensor, name, spy)
     try:
         run()
@@ -115,6 +169,7 @@ def test_the_static_step_reads_only_host_tensors(monkeypatch):
 
     def step(s: SemanticSettings):
         return lambda: solider_step(batch, student, teacher, DINOLoss(64), step=0, settings=s, seed=0)
+
     static = _host_reads(monkeypatch, step(settings))
     assert static and all(any(ok in line for ok in _HOST_READS) for line in static), static
     official = _host_reads(monkeypatch, step(settings._replace(static_shapes=False)))

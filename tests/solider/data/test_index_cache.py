@@ -31,7 +31,9 @@ def _same(a, b) -> None:
 def _count_builds(monkeypatch) -> list:
     calls = []
     real = index_cache.index_unlabeled_images
-    monkeypatch.setattr(index_cache, "index_unlabeled_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        index_cache, "index_unlabeled_images", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     return calls
 
 
@@ -86,8 +88,11 @@ def test_list_file_with_relative_and_absolute_lines_round_trips(tree, tmp_path):
     listing.write_text(f"d0/sub/img0.jpg\n# a comment\n{elsewhere}\nd1/../d1/sub/img1.jpg\n")
     run = tmp_path / "run"
     first = cached_unlabeled_index(listing, 0, 1.0, run)
-    assert [e.path for e in first.entries] == [str(tree / "d0/sub/img0.jpg"), str(elsewhere),
-                                               str(tree / "d1/../d1/sub/img1.jpg")]
+    assert [e.path for e in first.entries] == [
+        str(tree / "d0/sub/img0.jpg"),
+        str(elsewhere),
+        str(tree / "d1/../d1/sub/img1.jpg"),
+    ]
     _same(load_index(run / INDEX_FILE), first)
 
 

@@ -24,8 +24,9 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         g = torch.Generator().manual_seed(i)
         h, w = 90 + 17 * i, 40 + 5 * i
-        smooth = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8, w // 8, generator=g), size=(h, w),
-                                                 mode="bilinear")[0]
+        smooth = torch.nn.functional.interpolate(
+            torch.rand(1, 3, h // 8, w // 8, generator=g), size=(h, w), mode="bilinear"
+        )[0]
         return self.transform((smooth * 255).to(torch.uint8))
 
 
@@ -51,10 +52,25 @@ def test_device_path_gives_the_worker_crops(blur_sigma):
 
 
 def test_solarize_and_grayscale_paths_match_exactly_when_forced():
-    t = MultiCropTransform(global_size=(32, 16), local_size=(16, 8), n_local=2, grayscale_p=1.0,
-                           solarize_p=1.0, jitter_p=1.0, blur_p=(1.0, 1.0, 1.0))
-    dt = MultiCropTransform(global_size=(32, 16), local_size=(16, 8), n_local=2, grayscale_p=1.0,
-                            solarize_p=1.0, jitter_p=1.0, blur_p=(1.0, 1.0, 1.0), photometric_on_device=True)
+    t = MultiCropTransform(
+        global_size=(32, 16),
+        local_size=(16, 8),
+        n_local=2,
+        grayscale_p=1.0,
+        solarize_p=1.0,
+        jitter_p=1.0,
+        blur_p=(1.0, 1.0, 1.0),
+    )
+    dt = MultiCropTransform(
+        global_size=(32, 16),
+        local_size=(16, 8),
+        n_local=2,
+        grayscale_p=1.0,
+        solarize_p=1.0,
+        jitter_p=1.0,
+        blur_p=(1.0, 1.0, 1.0),
+        photometric_on_device=True,
+    )
     img = torch.randint(0, 256, (3, 70, 30), dtype=torch.uint8)
     torch.manual_seed(0)
     a = t(img)
@@ -67,7 +83,9 @@ def test_solarize_and_grayscale_paths_match_exactly_when_forced():
 def test_parameter_distribution_is_the_pipelines():
     torch.manual_seed(0)
     n = 40000
-    p = draw_params(n, 0.8, (0.4, 0.4, 0.2, 0.1), 0.2, (0.1, 2.0), torch.full((n,), 0.5), torch.full((n,), 0.2))
+    p = draw_params(
+        n, 0.8, (0.4, 0.4, 0.2, 0.1), 0.2, (0.1, 2.0), torch.full((n,), 0.5), torch.full((n,), 0.2)
+    )
     apply = p[:, COLUMNS["apply"]]
     f, order = p[:, COLUMNS["factors"]], p[:, COLUMNS["order"]].long()
     tol = 4 / math.sqrt(n)
@@ -82,13 +100,17 @@ def test_parameter_distribution_is_the_pipelines():
     assert torch.equal(order.sort(1).values, torch.arange(4).expand(n, 4))  # permutations
     share = torch.stack([(order[:, pos] == op).float().mean() for pos in range(4) for op in range(4)])
     assert (share - 0.25).abs().max() < tol  # every op equally likely at every position
-    assert draw_params(0, 0.8, (0.4, 0.4, 0.2, 0.1), 0.2, (0.1, 2.0), torch.zeros(0), torch.zeros(0)).shape == (0, 13)
+    assert draw_params(
+        0, 0.8, (0.4, 0.4, 0.2, 0.1), 0.2, (0.1, 2.0), torch.zeros(0), torch.zeros(0)
+    ).shape == (0, 13)
 
 
 def test_the_device_ops_read_nothing_on_the_host(monkeypatch):
     torch.manual_seed(1)
     crops = torch.randint(0, 256, (8, 3, 32, 16), dtype=torch.uint8)
-    params = draw_params(8, 0.8, (0.4, 0.4, 0.2, 0.1), 0.5, (0.1, 2.0), torch.full((8,), 0.5), torch.full((8,), 0.5))
+    params = draw_params(
+        8, 0.8, (0.4, 0.4, 0.2, 0.1), 0.5, (0.1, 2.0), torch.full((8,), 0.5), torch.full((8,), 0.5)
+    )
     reads = []
     for name in ("item", "tolist", "__bool__", "nonzero"):
         real = getattr(torch.Tensor, name)
@@ -96,6 +118,7 @@ def test_the_device_ops_read_nothing_on_the_host(monkeypatch):
         def spy(self, *a, _real=real, **kw):
             reads.append(traceback.extract_stack(limit=2)[0].line)
             return _real(self, *a, **kw)
+
         monkeypatch.setattr(torch.Tensor, name, spy)
     out = apply_photometric(crops, params, torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1), 2.0, 0.5)
     monkeypatch.undo()
@@ -110,5 +133,9 @@ def test_blur_sigma_relative_to_the_crop():
     from solider.pretrain_config import PretrainConfig
 
     cfg = load_config(PretrainConfig, None, [])
-    assert cfg.model.img_size[0] == 256 and cfg.augment.blur_sigma_relative and cfg.augment.device == "accelerator"
+    assert (
+        cfg.model.img_size[0] == 256
+        and cfg.augment.blur_sigma_relative
+        and cfg.augment.device == "accelerator"
+    )
     assert blur_sigma_for(cfg.augment.blur_sigma, cfg.model.img_size[0], True) == (0.1, 2.0)

@@ -78,7 +78,8 @@ def test_persistent_workers_see_every_epoch_through_tagged_batches():
     options = loader_options(1, torch.device("cpu"), prefetch_factor=2)
     assert options["persistent_workers"] and options["prefetch_factor"] == 2 and not options["pin_memory"]
     assert "persistent_workers" not in loader_options(0, torch.device("cpu"))
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset), **options)
+    batches = EpochTaggedBatches(sampler, dataset)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **options)
     seen = []
     for epoch in range(2):
         sampler.set_epoch(epoch)

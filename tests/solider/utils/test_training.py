@@ -16,8 +16,11 @@ def test_finite_watch_reports_the_first_bad_step_when_checked():
     watch.observe(torch.tensor(float("nan")), 3)
     watch.observe(torch.tensor(2.0), 4)
     watch.observe(torch.tensor(float("inf")), 5)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3 \(checked at step 6; latest terms: "
-                                                 r"loss=inf\); the run stops .* Try this"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite loss at step 3 \(checked at step 6; latest terms: "
+        r"loss=inf\); the run stops .* Try this",
+    ):
         watch.check(acc, 6, {"loss": torch.tensor(float("inf"))}, "Try this.")
 
 
