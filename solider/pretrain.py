@@ -127,10 +127,13 @@ def build_schedules(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int
             "momentum": cosine_schedule(cfg.dino.momentum_teacher, 1.0, total), "total": total}
 
 
-def semantic_settings(cfg: PretrainConfig) -> SemanticSettings:
+def semantic_settings(cfg: PretrainConfig, device: torch.device | None = None) -> SemanticSettings:
     s = cfg.semantic
+    # Fixed shapes spare a GPU a sync per step and recompilations; on a CPU the extra masked crops
+    # (copies of unlabelled ones) cost more than the sync they save.
+    static = s.static_shapes if s.static_shapes is not None else (device is not None and device.type != "cpu")
     return SemanticSettings(s.enabled, s.weight_mode, s.fixed_weight, s.num_parts, s.label_source,
-                            s.min_foreground, s.masking, s.loss_weight, s.static_shapes)
+                            s.min_foreground, s.masking, s.loss_weight, static)
 
 
 class _TeacherEmbedding(nn.Module):
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     first_step = step
     stop = min(sched["total"], cfg.train.max_steps or sched["total"])
     run = RunLogger(accelerator, output_dir, to_dict(cfg))
-    settings = semantic_settings(cfg)
+    settings = semantic_settings(cfg, device)
     finite = FiniteWatch(device)
     advice = (f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, train.mixed_precision=bf16/no, "
               "or dino.teacher_temp <= 0.04.")

@@ -92,8 +92,9 @@ class SemanticConfig:
                                 ge=0, le=1)
     loss_weight: float = opt(1.0, "weight of the part-classification loss", ge=0)
     masking: bool = opt(True, "add copies of the global crops with one part erased (official)")
-    static_shapes: bool = opt(True, "mask every global crop, unlabelled ones weigh 0 (same loss, fixed "
-                                    "shapes, no host sync); false: only labelled ones (official)")
+    static_shapes: bool | None = opt(None, "mask every global crop, unlabelled ones weigh 0 (same loss, "
+                                           "fixed shapes, no host sync); false: only labelled ones "
+                                           "(official); empty: on for a GPU, off for a CPU")
     train_part_head: bool = opt(True, "optimise the part head; false reproduces the official code, "
                                       "which never adds it to the optimiser (SOLIDER#24)")
     part_head_layers: int = opt(3, "MLP layers of the part head", ge=1)

@@ -179,7 +179,7 @@ def cached_unlabeled_index(
             the file is still missing or stale (never writing, so processes do not race).
         threads: header reads in flight when building.
     """
-    if run_dir is None:
+    if run_dir is None or not Path(source).exists():  # (a missing source: the indexer's clear error)
         return index_unlabeled_images(source, min_height=min_height, max_aspect=max_aspect, threads=threads)
     path = Path(run_dir) / INDEX_FILE
     tic = time.perf_counter()

@@ -103,3 +103,8 @@ def test_thread_pool_gives_the_serial_result(tree):
 def test_a_symlink_loop_does_not_hang_the_fingerprint(tree):
     os.symlink(tree, tree / "d0" / "loop")
     assert source_fingerprint(tree, 0, 1.0) == source_fingerprint(tree, 0, 1.0)
+
+
+def test_a_missing_source_gets_the_indexers_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is neither a folder nor a list file"):
+        cached_unlabeled_index(tmp_path / "absent", 0, 1.0, tmp_path / "run")
