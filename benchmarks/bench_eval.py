@@ -3,8 +3,12 @@
 1. Market-1501-size ranking metrics (3,368 queries x 15,913 gallery, 751 identities, 6 cameras,
    2,793 distractors with pid 0), on two random distance matrices: "uniform" (i.i.d. U(0, 1):
    the worst case, positives anywhere in the list) and "closer" (positives shifted by -0.5:
-   mAP ~ 0.5, like a trained model). Timed, alternating round by round:
+   mAP ~ 0.5), plus cosine distances of clustered features (realistic, mAP ~ 0.96) and of random
+   features (hard: positives anywhere in the list). Timed, alternating round by round:
    - ours: ``evaluate_rank`` (``method="count"``, no full sort) and ``method="sort"``;
+   - fast-reid's compiled evaluator (``rank_cy.pyx`` of the registry package ``fastreid`` 1.4.0,
+     downloaded and built with Cython into ``.cache/bench/fastreid`` on first use; skipped with
+     the reason where there is no network or no compiler), checked equal to ours;
    - ``np.argsort`` of the whole matrix: what torchreid's Cython evaluator (and fast-reid's)
      spends before its per-query loop -- a lower bound of their time;
    - the naive per-query Python loop (tests/reference/naive_metrics.py) on a subset of queries,
@@ -39,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.fastreid_ref import VERSION as FASTREID_VERSION
+from benchmarks.fastreid_ref import fastreid_evaluate, load_fastreid_evaluator
 from eval.features import compute_distance_matrix
 from eval.metrics import evaluate_rank
 from eval.rerank import k_reciprocal_rerank
@@ -57,7 +63,9 @@ MSMT = (11659, 82161)
 
 
 def market_problem(num_q: int, num_g: int, seed: int = 0, num_ids: int = 751, num_cams: int = 6):
-    """Random Market-like labels plus two distance matrices (uniform, positives closer)."""
+    """Random Market-like labels plus four distance matrices: i.i.d. uniform, uniform with the
+    positives closer, cosine distances of clustered 256-d features (realistic: positives near the
+    top, mAP ~ 0.96) and of random features (hard: positives anywhere, mAP ~ 0)."""
     rng = np.random.default_rng(seed)
     g_pids = rng.integers(1, num_ids + 1, num_g)
     g_pids[rng.random(num_g) < 2793 / 15913] = 0  # distractors
@@ -65,7 +73,14 @@ def market_problem(num_q: int, num_g: int, seed: int = 0, num_ids: int = 751, nu
     q_cams, g_cams = rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g)
     uniform = rng.random((num_q, num_g), dtype=np.float32)
     closer = uniform - np.float32(0.5) * (q_pids[:, None] == g_pids[None, :])
-    return {"uniform": uniform, "closer": closer}, (q_pids, g_pids, q_cams, g_cams)
+    centers = rng.normal(size=(num_ids + 1, 256)).astype(np.float32)
+
+    def features(pids: np.ndarray, spread: float) -> np.ndarray:
+        return centers[pids] * spread + 1.5 * rng.normal(size=(len(pids), 256)).astype(np.float32)
+    realistic = compute_distance_matrix(features(q_pids, 1.0), features(g_pids, 1.0), metric="cosine")
+    hard = compute_distance_matrix(features(q_pids, 0.0), features(g_pids, 0.0), metric="cosine")
+    return ({"uniform": uniform, "closer": closer, "features-realistic": np.asarray(realistic, np.float32),
+             "features-random": np.asarray(hard, np.float32)}, (q_pids, g_pids, q_cams, g_cams))
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, float, object]:
@@ -91,13 +106,23 @@ def bench_metrics(args: argparse.Namespace) -> None:
     print(f"\n== ranking metrics, {num_q} x {num_g} (751 ids, 6 cameras, distractors), device "
           f"{args.device}, torch threads {torch.get_num_threads()} ==")
     dev = {"device": args.device}
+    fastreid, why = (None, "--no-fastreid") if args.no_fastreid else load_fastreid_evaluator()
+    print(f"fast-reid {FASTREID_VERSION} rank_cy (compiled): "
+          + ("built in .cache/bench/fastreid" if fastreid else f"skipped: {why}"))
     for name, dist in mats.items():
         ours = evaluate_rank(dist, *labels, **dev)
         ref = evaluate_rank(dist, *labels, **dev, method="sort")
         assert np.array_equal(ours["cmc"], ref["cmc"]) and ours["mAP"] == ref["mAP"], "methods disagree"
-        best = best_of(args.rounds, {"count": (evaluate_rank, (dist, *labels), dev),
-                                     "sort": (evaluate_rank, (dist, *labels), {**dev, "method": "sort"}),
-                                     "argsort": (np.argsort, (dist,), {"axis": 1})})
+        jobs = {"count": (evaluate_rank, (dist, *labels), dev),
+                "sort": (evaluate_rank, (dist, *labels), {**dev, "method": "sort"}),
+                "argsort": (np.argsort, (dist,), {"axis": 1})}
+        if fastreid is not None:
+            peer = fastreid_evaluate(fastreid, dist, *labels)
+            # float32 accumulation and an unstable argsort on their side: equal up to rounding
+            assert abs(peer["mAP"] - ours["mAP"]) < 1e-4, \
+                f"fast-reid disagrees: {peer['mAP']} vs {ours['mAP']}"
+            jobs["fastreid"] = (fastreid_evaluate, (fastreid, dist, *labels), {})
+        best = best_of(args.rounds, jobs)
         k = args.naive_queries
         q_pids, g_pids, q_cams, g_cams = labels
         subset = (dist[:k], q_pids[:k], g_pids, q_cams[:k], g_cams)
@@ -109,6 +134,10 @@ def bench_metrics(args: argparse.Namespace) -> None:
         print(f"[{name}] mAP {ours['mAP']:.4f} R1 {ours['cmc'][0]:.4f} mINP {ours['mINP']:.4f}")
         print(f"  ours (count)        {c_wall:7.3f} s wall  {c_cpu:7.3f} s cpu")
         print(f"  ours (sort)         {s_wall:7.3f} s wall  {s_cpu:7.3f} s cpu")
+        if "fastreid" in best:
+            f_wall, f_cpu = best["fastreid"]
+            print(f"  fast-reid rank_cy   {f_wall:7.3f} s wall  {f_cpu:7.3f} s cpu   fast-reid / ours: "
+                  f"{f_wall / c_wall:.1f}x wall, {f_cpu / c_cpu:.1f}x cpu")
         print(f"  np.argsort (full)   {a_wall:7.3f} s wall  {a_cpu:7.3f} s cpu   argsort / ours: "
               f"{a_wall / c_wall:.1f}x wall, {a_cpu / c_cpu:.1f}x cpu")
         print(f"  naive Python loop   {naive_wall:7.1f} s wall  {naive_cpu:7.1f} s cpu   (timed on {k} "
@@ -143,6 +172,9 @@ if job == "metrics":
     result = dict(mAP=out["mAP"])
 elif job == "rerank_matrices":
     from eval.rerank import k_reciprocal_rerank
+
+from benchmarks.fastreid_ref import VERSION as FASTREID_VERSION
+from benchmarks.fastreid_ref import fastreid_evaluate, load_fastreid_evaluator
     out = k_reciprocal_rerank(*inputs, device=device)
     result = dict(shape=list(out.shape))
 else:
@@ -209,6 +241,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds (the minimum is printed)")
     parser.add_argument("--naive-queries", type=int, default=40, help="queries timed for the naive loop")
+    parser.add_argument("--no-fastreid", action="store_true",
+                        help="skip fast-reid's compiled evaluator (otherwise downloaded and built once)")
+    parser.add_argument("--metrics-only", action="store_true", help="skip the memory and re-ranking parts")
     parser.add_argument("--rerank-memory", action="store_true",
                         help="also measure re-ranking peak memory at Market and MSMT17 sizes (minutes)")
     args = parser.parse_args()
@@ -216,8 +251,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bench_metrics(args)
-    bench_memory(args)
-    bench_rerank(args)
+    if not args.metrics_only:
+        bench_memory(args)
+        bench_rerank(args)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     student, teacher = build_networks(cfg)
     student.to(device)
     teacher.to(device)
-    optimizer = build_optimizer(cfg, student)
+    optimizer = build_optimizer(cfg, student, device)
     dino_loss = DINOLoss(out_dim).to(device)
     settings = SemanticSettings(label_source=args.label_source)
     batch = synthetic_batch(args.batch, args.size, args.local_size, args.n_local, device)

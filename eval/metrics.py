@@ -43,6 +43,9 @@ ArrayLike = np.ndarray | torch.Tensor | Sequence[int]
 RowFn = Callable[[int, int], torch.Tensor]
 
 _NUM_BINS = 2048  # histogram buckets per query; more = fewer one-by-one compares, bigger table
+# Pairwise compares (positives x items up to the last positive) are used while they cost at most
+# this share of one pass over the chunk; beyond it the histogram is cheaper.
+_PAIRWISE_SHARE = 0.5
 
 
 def resolve_device(device: str | torch.device | None, like: object = None) -> torch.device:
@@ -172,6 +175,13 @@ def _ranks_by_count(x: torch.Tensor, pos_idx: torch.Tensor, pos_mask: torch.Tens
     p_idx, p_mask = pos_idx.gather(1, perm), pos_mask.gather(1, perm)
     n_pos = p_mask.sum(1)
     hi = t.gather(1, (n_pos - 1).clamp(min=0)[:, None])[:, 0]
+    # Junk items that precede each positive do not count as ranked items.
+    xj = x.gather(1, junk_idx)
+    junk_before = (_precedes(xj[:, None, :], junk_idx[:, None, :], t[:, :, None], p_idx[:, :, None])
+                   & junk_mask[:, None, :]).sum(2)
+    before = _before_last_positive(x, t, p_idx, p_mask, hi, work)
+    if before is not None:  # few items precede the last positives: compared one by one
+        return (before - junk_before).masked_select(p_mask) + 1
     shift, scale = _grid(t[:, 0], hi, nb)
     # A monotone map distance -> bucket: subtract and multiply as separate IEEE ops (no fused
     # multiply-add that could round differently in vector and scalar code), clamp, truncate; in
@@ -191,11 +201,36 @@ def _ranks_by_count(x: torch.Tensor, pos_idx: torch.Tensor, pos_mask: torch.Tens
     t_val, t_gal = t.masked_select(p_mask), p_idx.masked_select(p_mask)
     inside = _in_bucket_before(x, bucket, t_bucket, t_val, t_gal, c * nb, work)
     total_before = _take(before, t_bucket) + inside
-    # Junk items that precede each positive do not count as ranked items.
-    xj = x.gather(1, junk_idx)
-    junk_before = (_precedes(xj[:, None, :], junk_idx[:, None, :], t[:, :, None], p_idx[:, :, None])
-                   & junk_mask[:, None, :]).sum(2)
     return total_before - junk_before.masked_select(p_mask) + 1
+
+
+def _before_last_positive(x: torch.Tensor, t: torch.Tensor, p_idx: torch.Tensor, p_mask: torch.Tensor,
+                          hi: torch.Tensor, work: _Workspace) -> torch.Tensor | None:
+    """(c, P) number of items preceding each positive, by comparing each positive with the items
+    no farther than its row's last positive (the only ones that can precede any positive), or
+    None when those are too many for pairwise compares (the histogram path is then cheaper).
+
+    With a trained model the positives are near the top of each list, so this touches a small
+    fraction of the matrix after one compare pass; with random features nearly every item lies
+    before the last positive and the histogram path takes over.
+    """
+    c, g = x.shape
+    p = t.shape[1]
+    hi = torch.where(p_mask[:, 0], hi, torch.full_like(hi, -torch.inf))  # no positive: nothing to count
+    budget = x.numel() * _PAIRWISE_SHARE
+    sample = x[:, ::16]  # a cheap estimate first, so hard problems do not pay a full compare pass
+    if int(torch.count_nonzero(sample <= hi[:, None])) * p * (g / max(sample.shape[1], 1)) > 2 * budget:
+        return None
+    near = torch.le(x, hi[:, None], out=work.get("near", x.shape, torch.bool, x.device))
+    # (a bool sum would first widen the whole mask to int64; count_nonzero does not)
+    m = int(np.count_nonzero(near.numpy()) if near.device.type == "cpu" else torch.count_nonzero(near))
+    if m * p > budget:
+        return None
+    elem = _flat_nonzero(near.view(-1))
+    row = torch.div(elem, g, rounding_mode="floor")
+    hit = _precedes(_take(x.view(-1), elem)[:, None], (elem - row * g)[:, None], t[row], p_idx[row])
+    hit &= p_mask[row]
+    return torch.zeros(c, p, dtype=torch.long, device=x.device).index_add_(0, row, hit.long())
 
 
 def _grid(lo: torch.Tensor, hi: torch.Tensor, nb: int) -> tuple[torch.Tensor, torch.Tensor]:

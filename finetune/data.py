@@ -23,7 +23,7 @@ from solider.data.transforms import ReIDTransform
 from solider.pretrain_data import synthetic_root
 from solider.utils.cli import UserError
 from solider.utils.logging import get_logger
-from solider.utils.seed import PerSampleSeeded
+from solider.utils.seed import EpochTaggedBatches, PerSampleSeeded, loader_options
 
 logger = get_logger(__name__)
 
@@ -63,8 +63,10 @@ def build_train_data(data: MarketDataset, transform: ReIDTransform, batch_size: 
     dataset = PerSampleSeeded(ReIDImageDataset(data.train, transform), seed)
     sampler = PKBatchSampler([r.pid for r in data.train], batch_size // num_instances, num_instances,
                              seed=seed, rank=rank, world_size=world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                        generator=torch.Generator(), persistent_workers=False)
+    # persistent workers: the epoch reaches them with every index (EpochTaggedBatches)
+    loader = DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset),
+                        generator=torch.Generator(),
+                        **_loader_options(num_workers, pin_memory))
     return TrainData(dataset, sampler, loader, len(sampler))  # a fresh sampler starts at batch 0
 
 
@@ -79,8 +81,15 @@ def build_test_loader(records: list, transform: ReIDTransform, batch_size: int, 
     dataset = ReIDImageDataset(records, transform, on_error="raise")
     sampler = (DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
                if world_size > 1 else None)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, generator=torch.Generator())
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator(),
+                      **_loader_options(num_workers, pin_memory, persistent=False))  # used now and then
+
+
+def _loader_options(num_workers: int, pin_memory: bool, persistent: bool = True) -> dict:
+    options = {**loader_options(num_workers, torch.device("cpu")), "pin_memory": pin_memory}
+    if not persistent:
+        options.pop("persistent_workers", None)
+    return options
 
 
 def describe(data: MarketDataset, root: Path) -> str:

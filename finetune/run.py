@@ -154,7 +154,7 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
         model.backbone.compile()
     o = cfg.optim
     optimizer = build_optimizer(param_groups(model, o.weight_decay, o.weight_decay_bias, o.bias_lr_factor),
-                                o.name, o.lr, o.momentum)
+                                o.name, o.lr, o.momentum, device=device)
     center = center_optimizer = None
     if cfg.loss.center_weight > 0 and not eval_only:
         center = CenterLoss(num_classes, model.feat_dim).to(device)

@@ -28,12 +28,13 @@ from tqdm import tqdm
 from solider.checkpoint import load_backbone_weights, safe_load
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.multicrop import MultiCropTransform
+from solider.data.photometric import blur_sigma_for
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
 from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
-from solider.optim import clip_gradients, ema_update_, param_groups, set_optimizer_values
+from solider.optim import adamw, clip_gradients, ema_update_, param_groups, set_optimizer_values
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_data import (
     build_pretrain_dataset,
@@ -43,7 +44,7 @@ from solider.pretrain_data import (
     synthetic_root,
 )
 from solider.pretrain_monitor import CHARTS, run_monitor, start_values
-from solider.pretrain_step import SemanticSettings, solider_step
+from solider.pretrain_step import HOST_KEYS, SemanticSettings, solider_step
 from solider.schedules import auto_momentum, cosine_schedule, scale_lr, span_steps, teacher_movement
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.cli import UserError, parse_args, resolve_base_config, run_entry
@@ -53,14 +54,16 @@ from solider.utils.logging import get_logger, setup_logging
 from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
 from solider.utils.preemption import Preemption
 from solider.utils.seed import (
+    EpochTaggedBatches,
     PerSampleSeeded,
     capture_rng_state,
+    loader_options,
     restore_rng_state,
     seed_everything,
 )
 from solider.utils.summary import EtaLogger, default_workers, pretrain_summary, progress_enabled
 from solider.utils.tracking import RunLogger
-from solider.utils.training import check_finite
+from solider.utils.training import FiniteWatch
 from solider.utils.visualize import part_overlay_grid
 
 logger = get_logger("solider.pretrain")
@@ -115,10 +118,11 @@ def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str
     logger.info("init (student and teacher backbones): %s", report)
 
 
-def build_optimizer(cfg: PretrainConfig, student: MultiCropNet) -> torch.optim.Optimizer:
+def build_optimizer(cfg: PretrainConfig, student: MultiCropNet,
+                    device: torch.device) -> torch.optim.Optimizer:
     trained = student if cfg.semantic.train_part_head or student.part_head is None else \
         nn.ModuleList([student.backbone, student.head])  # official: the part head is never optimised
-    return torch.optim.AdamW(param_groups(trained, cfg.optim.weight_decay), lr=0.0, betas=cfg.optim.betas)
+    return adamw(param_groups(trained, cfg.optim.weight_decay), device, lr=0.0, betas=cfg.optim.betas)
 
 
 def build_schedules(cfg: PretrainConfig, steps_per_epoch: int, global_batch: int) -> dict:
@@ -156,10 +160,13 @@ def monitor_semantic_weight(cfg: PretrainConfig) -> float:
     return cfg.semantic.fixed_weight or 0.0
 
 
-def semantic_settings(cfg: PretrainConfig) -> SemanticSettings:
+def semantic_settings(cfg: PretrainConfig, device: torch.device | None = None) -> SemanticSettings:
     s = cfg.semantic
+    # Fixed shapes spare a GPU a sync per step and recompilations; on a CPU the extra masked crops
+    # (copies of unlabelled ones) cost more than the sync they save.
+    static = s.static_shapes if s.static_shapes is not None else (device is not None and device.type != "cpu")
     return SemanticSettings(s.enabled, s.weight_mode, s.fixed_weight, s.num_parts, s.label_source,
-                            s.min_foreground, s.masking, s.loss_weight)
+                            s.min_foreground, s.masking, s.loss_weight, static)
 
 
 def checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss, step, epoch,
@@ -203,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.config_source = resolve_base_config(args, DEMO_CONFIG, OFFICIAL_CONFIG)
     cfg = config_from_args(PretrainConfig, args)
     output_dir = Path(cfg.output_dir)
-    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)
+    # static_graph: the student uses the same parameters in every step
+    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir, static_graph=True)
     setup_logging(accelerator.is_main_process)
     if cfg.train.cpu_threads and accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.train.cpu_threads)
@@ -224,14 +232,21 @@ def main(argv: list[str] | None = None) -> dict:
                                        cfg.data.synthetic_images_per_camera, seed=0)
     source = resolve_crop_source(cfg.data.root, cfg.data.keypoints, synthetic)
     aug = cfg.augment
+    # Mask-based batched ops pay off on a GPU; on a CPU the workers' per-crop code is faster.
+    on_device = aug.device == "main_process" or (aug.device == "accelerator" and device.type != "cpu")
     brightness, contrast, saturation, hue = aug.jitter
     transform = MultiCropTransform(cfg.model.img_size, cfg.model.local_size, aug.n_local, aug.global_scale,
                                    aug.local_scale, aug.ratio, flip_p=aug.flip_p, jitter_p=aug.jitter_p,
                                    brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
                                    grayscale_p=aug.grayscale_p, blur_p=aug.blur_p, solarize_p=aug.solarize_p,
-                                   mean=aug.mean, std=aug.std)
-    dataset = PerSampleSeeded(build_pretrain_dataset(source, transform, cfg.data.min_height,
-                                                     cfg.data.max_aspect), cfg.seed)
+                                   mean=aug.mean, std=aug.std, photometric_on_device=on_device,
+                                   blur_sigma=blur_sigma_for(aug.blur_sigma, cfg.model.img_size[0],
+                                                             aug.blur_sigma_relative))
+    device_augment = transform.device_photometric() if on_device else None
+    with accelerator.main_process_first():  # the main process indexes once; the others read its file
+        crops = build_pretrain_dataset(source, transform, cfg.data.min_height, cfg.data.max_aspect,
+                                       index_dir=output_dir, build_index=accelerator.is_main_process)
+    dataset = PerSampleSeeded(crops, cfg.seed)
     sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed,
                                   accelerator.process_index, world)
     # before any collective that a process with other data would hang in: stop naming the rank
@@ -240,8 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                         pin_memory=device.type == "cuda", generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=EpochTaggedBatches(sampler, dataset),
+                                         generator=torch.Generator(), **loader_options(workers, device))
     monitor_root = cfg.monitor.data_root or source.market_root
     monitor = (monitor_datasets(monitor_split(monitor_root, cfg.monitor.max_images), cfg.model.img_size,
                                 aug.mean, aug.std) if monitor_root and accelerator.is_main_process else None)
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         init_from_checkpoint(student, teacher, cfg.init)
     seed_everything(cfg.seed + accelerator.process_index)  # per-rank streams from here (drop path)
     teacher.to(device)
-    optimizer = build_optimizer(cfg, student)
+    optimizer = build_optimizer(cfg, student, device)
     student, optimizer = accelerator.prepare(student, optimizer)
     unwrapped = accelerator.unwrap_model(student)
     spe = sampler.batches_per_epoch
@@ -281,7 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
         if warning:
             logger.warning("%s", warning)
     run = RunLogger(accelerator, output_dir, to_dict(cfg))
-    settings = semantic_settings(cfg)
+    settings = semantic_settings(cfg, device)
+    finite = FiniteWatch(device)
+    advice = (f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, train.mixed_precision=bf16/no, "
+              "or dino.teacher_temp <= 0.04.")
     if accelerator.is_main_process:
         logger.info("TensorBoard: tensorboard --logdir %s", run.tb_dir)
         if monitor is not None:
@@ -311,14 +329,14 @@ def main(argv: list[str] | None = None) -> dict:
         fetch = time.perf_counter()
         for batch in loader:
             data_time += time.perf_counter() - fetch
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
+            if device_augment is not None:  # colour, blur, solarize, normalise: batched on the device
+                batch = device_augment(batch)
             set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
             with accelerator.autocast():
                 result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed,
                                       cfg.dino.koleo_weight)
-            check_finite(accelerator, result.loss, step, result.metrics,
-                         f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, "
-                         "train.mixed_precision=bf16/no, or dino.teacher_temp <= 0.04.")
+            finite.observe(result.loss, step)  # read at log intervals and before checkpoints
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(result.loss)
             if cfg.optim.clip_grad > 0:
@@ -333,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
             eta.update(step)
 
             if step % cfg.train.log_every == 0 or step == stop:
+                finite.check(accelerator, step, result.metrics, advice)
                 values = {f"train/{k}": v for k, v in result.metrics.items()}
                 keys = sorted(values)
                 reduced = accelerator.reduce(torch.tensor([float(values[k]) for k in keys], device=device),
@@ -359,16 +378,19 @@ def main(argv: list[str] | None = None) -> dict:
                     g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std,
                     num_parts=cfg.semantic.num_parts), step - 1 if first else step)
             if step % cfg.checkpoint.every_steps == 0:
+                finite.check(accelerator, step, result.metrics, advice)
                 checkpoints.save(state(step, step / spe), step, periodic=True)
             if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
                 run.log(check(start=start), step=step)
             if preemption.requested(accelerator):  # SIGTERM / SIGUSR1: this step is done, keep it
+                finite.check(accelerator, step, result.metrics, advice)
                 checkpoints.save(state(step, step / spe), step)
                 preemption.exit(step, checkpoints.directory / "last.pt")
             if step >= stop:
                 break
             fetch = time.perf_counter()
         if step % spe == 0 or step >= stop:  # end of an epoch, or of the run
+            finite.check(accelerator, step, result.metrics, advice)
             checkpoints.save(state(step, step / spe), step)
             if not cfg.monitor.every_steps and monitor is not None:
                 run.log(check(start=start), step=step)

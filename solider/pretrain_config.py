@@ -61,6 +61,14 @@ class AugmentConfig:
     blur_p: tuple[float, float, float] = opt((1.0, 0.1, 0.5), "Gaussian blur probability: global 1, "
                                                               "global 2, local crops")
     solarize_p: float = opt(0.2, "solarisation probability of global crop 2", ge=0, le=1)
+    blur_sigma: tuple[float, float] = opt((0.1, 2.0), "Gaussian blur sigma range, pixels at a 256-high "
+                                                      "global crop (official)")
+    blur_sigma_relative: bool = opt(True, "scale blur_sigma by model.img_size[0] / 256 for every crop "
+                                          "(same blur relative to the person); false: absolute pixels")
+    device: Literal["accelerator", "workers", "main_process"] = opt(
+        "accelerator", "where the photometric ops run: accelerator = batched on the training device when "
+        "it is a GPU (workers only crop and resize), in the workers on a CPU; workers; main_process = "
+        "batched in the training process on any device")
     mean: tuple[float, float, float] = opt((0.485, 0.456, 0.406), "normalisation mean (ImageNet)")
     std: tuple[float, float, float] = opt((0.229, 0.224, 0.225), "normalisation std (ImageNet)")
 
@@ -111,6 +119,9 @@ class SemanticConfig:
                                 ge=0, le=1)
     loss_weight: float = opt(1.0, "weight of the part-classification loss", ge=0)
     masking: bool = opt(True, "add copies of the global crops with one part erased (official)")
+    static_shapes: bool | None = opt(None, "mask every global crop, unlabelled ones weigh 0 (same loss, "
+                                           "fixed shapes, no host sync); false: only labelled ones "
+                                           "(official); empty: on for a GPU, off for a CPU")
     train_part_head: bool = opt(True, "optimise the part head; false reproduces the official code, "
                                       "which never adds it to the optimiser (SOLIDER#24)")
     part_head_layers: int = opt(3, "MLP layers of the part head", ge=1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
 from solider.data.image_check import drop_unreadable
+from solider.data.index_cache import cached_unlabeled_index
 from solider.data.keypoints import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
 from solider.data.multicrop import MultiCropTransform
@@ -75,9 +76,17 @@ def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path
 
 
 def build_pretrain_dataset(source: CropSource, transform: MultiCropTransform, min_height: int,
-                           max_aspect: float) -> MultiCropDataset:
-    """Index the crops (filters from the sampling guidelines), attach keypoints where they exist."""
-    index = index_unlabeled_images(source.images, min_height=min_height, max_aspect=max_aspect)
+                           max_aspect: float, index_dir: str | os.PathLike | None = None,
+                           build_index: bool = True) -> MultiCropDataset:
+    """Index the crops (filters from the sampling guidelines), attach keypoints where they exist.
+
+    With ``index_dir`` (the run folder) the index is read from / saved to it
+    (:mod:`solider.data.index_cache`); ``build_index`` False: read only (not the main process).
+    """
+    if index_dir is None:
+        index = index_unlabeled_images(source.images, min_height=min_height, max_aspect=max_aspect)
+    else:
+        index = cached_unlabeled_index(source.images, min_height, max_aspect, index_dir, build=build_index)
     for reason, count in index.skipped.items():
         if count:
             logger.warning("pretraining data: %d crops dropped (%s)", count, reason)

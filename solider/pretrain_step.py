@@ -48,6 +48,10 @@ class SemanticSettings(NamedTuple):
     min_foreground: float = 0.5
     masking: bool = True
     loss_weight: float = 1.0
+    static_shapes: bool = True  # mask every global crop, unlabelled ones weigh 0 (see METHOD.md)
+
+
+HOST_KEYS = ("index", "has_keypoints")  # batch entries the step reads on the host: keep them on the CPU
 
 
 class StepResult(NamedTuple):
@@ -56,14 +60,29 @@ class StepResult(NamedTuple):
     parts: PartLabels | None  # labels of the global crops (crop-major), for visualisation
 
 
-def semantic_weights(indices: Tensor, step: int, seed: int, settings: SemanticSettings) -> Tensor:
-    """(B,) λ per image for this step.
+def semantic_weights(indices: Tensor, step: int, seed: int, settings: SemanticSettings,
+                     device: torch.device | None = None) -> Tensor:
+    """(B,) λ per image for this step, on ``device`` (default: that of ``indices``).
 
     Drawn from (seed, step, dataset index) rather than from a per-process generator, so an image
     gets the same λ however the batch is sharded over processes (a 2-process run then equals a
     1-process run at the same global batch). ``binary`` gives {0, 1} with probability 1/2 each
-    (official), ``uniform`` U[0, 1).
+    (official), ``uniform`` U[0, 1). Pass the indices on the CPU (the loop keeps
+    :data:`HOST_KEYS` there): reading them from an accelerator would cost a host sync per step.
     """
+    return _on(_semantic_weights(indices, step, seed, settings), device or indices.device)
+
+
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; a CPU -> CUDA copy goes through pinned memory, without a host sync."""
+    if t.device == torch.device(device):
+        return t
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _semantic_weights(indices: Tensor, step: int, seed: int, settings: SemanticSettings) -> Tensor:
     device = indices.device
     if settings.fixed_weight is not None:
         return torch.full(indices.shape, float(settings.fixed_weight), device=device)
@@ -81,7 +100,7 @@ def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet,
     """Part labels of the crop-major global crops (2B, h, w), with their source per crop."""
     grid = token_grid(globals_.shape[-2:], num_stages=len(teacher.backbone.stages))
     from_kpts = None
-    if settings.label_source != "clustering" and bool(batch["has_keypoints"].any()):
+    if settings.label_source != "clustering" and bool(batch["has_keypoints"].any()):  # host tensor
         kpts = to_crop_major(batch["global_keypoints"]).to(globals_.device)
         from_kpts = keypoint_part_labels(kpts, tuple(globals_.shape[-2:]), grid=grid,
                                          num_parts=settings.num_parts)
@@ -120,7 +139,7 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
     n_global = batch["global_crops"].shape[1]
     n_local = batch["local_crops"].shape[1]
     device = globals_.device
-    lam = semantic_weights(batch["index"], step, seed, settings)
+    lam = semantic_weights(batch["index"], step, seed, settings, device)
     generator = torch.Generator().manual_seed(sample_seed(seed, step, -1))  # the erased part
     lam_g, lam_l = expand_to_crops(lam, n_global), expand_to_crops(lam, n_local)
 
@@ -129,8 +148,20 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
         teacher_out = teacher([globals_], [lam_g]).head
 
     part_index = masked = None
-    labels = weights = None
-    if parts is not None:
+    labels = weights = part_valid = None
+    n_masked_images: float | Tensor = 0.0
+    if parts is not None and settings.static_shapes:
+        # Every global crop gets a masked copy and goes to the part head; crops without labels
+        # weigh 0 in the loss. Same loss and gradients as the official subset, fixed shapes.
+        part_valid, labels, weights = parts.valid, parts.labels, lam_g
+        if settings.masking:
+            masked = mask_part(globals_, labels, choose_part(settings.num_parts, generator))
+            part_index = torch.arange(2 * globals_.shape[0], device=device)
+            labels, weights, part_valid = labels.repeat(2, 1, 1), weights.repeat(2), part_valid.repeat(2)
+            n_masked_images = parts.valid.sum().float()
+        else:
+            part_index = torch.arange(globals_.shape[0], device=device)
+    elif parts is not None:
         selected = parts.valid.nonzero().squeeze(1)  # labelled global crops
         labels, weights = parts.labels[selected], lam_g[selected]
         if settings.masking:
@@ -140,8 +171,11 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
         else:
             part_index = selected
     n_masked = 0 if masked is None else masked.shape[0]
+    if masked is not None and not settings.static_shapes:
+        n_masked_images = float(n_masked)
     first = globals_ if masked is None else torch.cat([masked, globals_])
-    first_lam = lam_g if masked is None else torch.cat([lam_g[parts.valid], lam_g])
+    masked_lam = None if masked is None else lam_g if settings.static_shapes else lam_g[parts.valid]
+    first_lam = lam_g if masked is None else torch.cat([masked_lam, lam_g])
     out = student([first, locals_], [first_lam, lam_l], part_index=part_index)
 
     dino = dino_loss(out.head[n_masked:], teacher_out, step)
@@ -160,7 +194,7 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
         loss = loss + koleo_weight * koleo
         metrics["koleo_loss"] = koleo.detach()
     if parts is not None:
-        part_loss, part_acc = part_classification_loss(out.part_logits, labels, weights)
+        part_loss, part_acc = part_classification_loss(out.part_logits, labels, weights, valid=part_valid)
         loss = loss + settings.loss_weight * part_loss
         n = float(parts.valid.numel())
         metrics.update({
@@ -168,7 +202,7 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
             "labelled_share": parts.valid.float().sum() / n,
             "keypoint_label_share": (parts.source == 1).float().sum() / n,
             "cluster_label_share": (parts.source == 2).float().sum() / n,
-            "masked_images": float(n_masked),
+            "masked_images": n_masked_images,
         })
     metrics["loss"] = loss.detach()
     return StepResult(loss, metrics, parts)

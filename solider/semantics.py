@@ -305,7 +305,8 @@ def mask_part(images: torch.Tensor, labels: torch.Tensor, part_index: int | torc
 
 
 def part_classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                             temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                             temperature: float = 1.0,
+                             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """lambda-weighted per-token cross-entropy of the part head, and its token accuracy.
 
     ``loss = sum_i sum_t lambda_i * CE(logits[i, t] / temperature, labels[i, t]) / (N * T)``: tokens
@@ -319,6 +320,9 @@ def part_classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights
         labels: (N, T) or (N, h, w) targets in 0..P.
         weights: (N,) per-image lambda.
         temperature: divides the logits.
+        valid: optional (N,) bool: only these images count (numerator and denominator), so a
+            batch of fixed size where some images have no labels gives the loss and accuracy of
+            the valid images alone, without a data-dependent shape (no host sync).
 
     Returns:
         (loss scalar, accuracy scalar detached).
@@ -335,6 +339,12 @@ def part_classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights
         return zero, zero.detach()
     ce = F.cross_entropy(flat_logits.float().reshape(-1, n_cls) / temperature, flat_labels.reshape(-1),
                          reduction="none").view(n, -1)
-    loss = (ce * weights.to(ce.dtype)[:, None]).mean()
-    accuracy = (flat_logits.detach().argmax(-1) == flat_labels).float().mean()
-    return loss, accuracy
+    if valid is None:
+        loss = (ce * weights.to(ce.dtype)[:, None]).mean()
+        accuracy = (flat_logits.detach().argmax(-1) == flat_labels).float().mean()
+        return loss, accuracy
+    keep = valid.reshape(n, 1)
+    tokens = valid.sum().clamp(min=1) * ce.shape[1]
+    weighted = torch.where(keep, ce * weights.to(ce.dtype)[:, None], ce.new_zeros(()))
+    correct = (flat_logits.detach().argmax(-1) == flat_labels) & keep
+    return weighted.sum() / tokens, correct.sum() / tokens

@@ -41,7 +41,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     is_b = (1 - is_r).sub_(is_g)
     hue6 = is_r * (g - b) + is_g * ((b - r) + 2 * c) + is_b * ((r - g) + 4 * c)
     hue6 = hue6.mul_(inv_c).add_(6 * shift.view(-1, 1, 1))
-    k = _HUE_OFFSETS + hue6.unsqueeze(1)
+    k = _HUE_OFFSETS.to(x.device, x.dtype) + hue6.unsqueeze(1)  # (a no-op on the CPU)
     k = k.sub_(torch.floor(k * (1 / 6)).mul_(6))
     w = torch.minimum(k, 4 - k).clamp_(0, 1)
     return v.unsqueeze(1) - c.unsqueeze(1) * w

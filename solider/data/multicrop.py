@@ -7,7 +7,9 @@ flip 0.5 -> colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8 -> grayscale 0.2 -> Ga
 threshold 128) -> normalise. Crop boxes follow torchvision's ``RandomResizedCrop`` algorithm;
 crop, resize and flip run on uint8 tensors, the photometric steps on one float batch per crop size
 (``solider.data.augment_ops``). Randomness comes from the global torch RNG, so DataLoader worker
-seeding makes runs repeatable.
+seeding makes runs repeatable. With ``photometric_on_device`` the photometric steps are left to the
+main process on the accelerator: items then hold uint8 crops and each crop's drawn parameters
+(``solider.data.photometric``), the same draws in the same order.
 
 Keypoints (COCO-17, (17, 3), pixel coordinates of the input image) follow each global crop: shifted
 by the crop box, scaled by the resize, mirrored by the flip (x -> W - x, left/right joints swapped);
@@ -26,9 +28,10 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from solider.data import augment_ops as ops
+from solider.data import photometric
 from solider.data.images import pil_to_tensor
 from solider.data.keypoints import FLIP_INDEX, NUM_JOINTS
+from solider.data.photometric import DevicePhotometric
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, interpolation_mode
 
 
@@ -117,7 +120,8 @@ class MultiCropTransform:
                  blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
                  blur_sigma: tuple[float, float] = (0.1, 2.0), solarize_p: float = 0.2,
                  solarize_threshold: int = 128, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, interpolation: str = "bicubic"):
+                 std: tuple[float, ...] = IMAGENET_STD, interpolation: str = "bicubic",
+                 photometric_on_device: bool = False):
         if n_local < 0:
             raise ValueError(f"n_local must be >= 0, got {n_local}")
         self.global_size, self.local_size, self.n_local = tuple(global_size), tuple(local_size), n_local
@@ -130,6 +134,13 @@ class MultiCropTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.interpolation: InterpolationMode = interpolation_mode(interpolation)
+        self.photometric_on_device = photometric_on_device
+
+    def device_photometric(self) -> DevicePhotometric:
+        """The main-process half when ``photometric_on_device`` (see ``solider.data.photometric``)."""
+        return DevicePhotometric(self.mean.flatten().tolist(), self.std.flatten().tolist(),
+                                 self.blur_sigma[1],
+                                 self.solarize_threshold / 255)
 
     def __repr__(self) -> str:
         return (f"MultiCropTransform(global {self.global_size} x2 scale {self.global_scale}, local "
@@ -154,19 +165,11 @@ class MultiCropTransform:
                 kpts[k] = transform_keypoints(keypoints, (top, left, h, w), size, flips[k])
         return out, kpts
 
-    def _photometric(self, crops: torch.Tensor, blur_p: torch.Tensor,
-                     solarize_p: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, 3, H, W) -> jittered, grayscaled, blurred, solarized, normalised float32."""
-        n = crops.shape[0]
-        x = crops.float().div_(255)
-        if n == 0:
-            return x
-        x = ops.color_jitter(x, ops.sample_jitter(n, self.jitter_p, *self.jitter))
-        ops.to_grayscale_(x, torch.rand(n) < self.grayscale_p)
-        sigma = ops.gaussian_sigmas(n, *self.blur_sigma)
-        ops.gaussian_blur_(x, sigma, torch.rand(n) < blur_p)
-        ops.solarize_(x, torch.rand(n) < solarize_p, self.solarize_threshold / 255)
-        return x.sub_(self.mean).div_(self.std)
+    def _params(self, n: int, blur_p: torch.Tensor, solarize_p: torch.Tensor) -> torch.Tensor:
+        """(n, 13) photometric parameters (``solider.data.photometric``) from the global RNG."""
+        return photometric.draw_params(n, self.jitter_p, self.jitter, self.grayscale_p, self.blur_sigma,
+                                       blur_p,
+                                       solarize_p)
 
     def __call__(self, image: Image.Image | torch.Tensor, keypoints: np.ndarray | None = None) -> dict:
         """Args:
@@ -178,12 +181,14 @@ class MultiCropTransform:
         g_u8, g_kpts = self._crops(pixels, 2, self.global_size, self.global_scale,
                                    keypoints if has_kpts else None)
         l_u8, _ = self._crops(pixels, self.n_local, self.local_size, self.local_scale, None)
-        g_blur = torch.tensor(self.blur_p[:2])
-        g_sol = torch.tensor([0.0, self.solarize_p])
-        return {
-            "global_crops": self._photometric(g_u8, g_blur, g_sol),
-            "local_crops": self._photometric(l_u8, torch.full((self.n_local,), self.blur_p[2]),
-                                             torch.zeros(self.n_local)),
-            "global_keypoints": torch.from_numpy(g_kpts),
-            "has_keypoints": has_kpts,
-        }
+        g_params = self._params(2, torch.tensor(self.blur_p[:2]), torch.tensor([0.0, self.solarize_p]))
+        l_params = self._params(self.n_local, torch.full((self.n_local,), self.blur_p[2]),
+                                torch.zeros(self.n_local))
+        item = {"global_keypoints": torch.from_numpy(g_kpts), "has_keypoints": has_kpts}
+        if self.photometric_on_device:  # uint8 crops and their parameters; the accelerator does the rest
+            return {**item, "global_crops": g_u8, "local_crops": l_u8, "global_photometric": g_params,
+                    "local_photometric": l_params}
+        threshold = self.solarize_threshold / 255
+        on_workers = photometric.apply_on_workers
+        return {**item, "global_crops": on_workers(g_u8, g_params, self.mean, self.std, threshold),
+                "local_crops": on_workers(l_u8, l_params, self.mean, self.std, threshold)}

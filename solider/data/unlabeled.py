@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +89,15 @@ def list_images(source: str | Path) -> tuple[str, list[str]]:
     return root, paths
 
 
+def _try_size(path: str) -> tuple[int, int] | ImageDecodeError:
+    try:
+        return read_image_size(path)
+    except ImageDecodeError as exc:
+        return exc
+
+
 def index_unlabeled_images(source: str | Path, min_height: int = 0, max_aspect: float = math.inf,
-                           read_headers: bool | None = None) -> UnlabeledIndex:
+                           read_headers: bool | None = None, threads: int = 1) -> UnlabeledIndex:
     """List and filter the crops of ``source``.
 
     Args:
@@ -98,6 +106,7 @@ def index_unlabeled_images(source: str | Path, min_height: int = 0, max_aspect: 
         max_aspect: keep crops with width / height < max_aspect (1.0: taller than wide); inf: no limit.
         read_headers: read each header for the size (and to drop unreadable files early). Default: only
             when a filter needs it.
+        threads: header reads in flight (a thread pool: the reads wait on storage, not the CPU).
 
     Returns:
         The kept entries (sizes filled when headers were read) and skip counts.
@@ -111,12 +120,18 @@ def index_unlabeled_images(source: str | Path, min_height: int = 0, max_aspect: 
     if not read_headers:
         return UnlabeledIndex(root, [ImageEntry(p) for p in paths])
     kept, unreadable, too_wide, too_short, missing = [], [], [], [], []
-    for path in paths:
-        try:
-            w, h = read_image_size(path)
-        except ImageDecodeError as exc:
-            (missing if exc.reason == "file not found" else unreadable).append(f"{path} ({exc.reason})")
+    if threads > 1:  # in blocks: one future per block, not per file (millions of files)
+        blocks = [paths[i:i + 512] for i in range(0, len(paths), 512)]
+        with ThreadPoolExecutor(threads) as pool:
+            done = pool.map(lambda b: [_try_size(p) for p in b], blocks)
+            sizes = [size for block in done for size in block]
+    else:
+        sizes = map(_try_size, paths)
+    for path, size in zip(paths, sizes):
+        if isinstance(size, ImageDecodeError):
+            (missing if size.reason == "file not found" else unreadable).append(f"{path} ({size.reason})")
             continue
+        w, h = size
         if h < min_height:
             too_short.append(path)
         elif not w / h < max_aspect:

@@ -237,12 +237,26 @@ class SwinStage(nn.Module):
             for i in range(depth))
         self.downsample = PatchMerging(dim) if downsample else None
         self.use_checkpoint = False
+        # Shift masks by (padded H, padded W, device): constants of the geometry (never of the
+        # weights), so they are built once instead of ~15 small ops per stage per forward.
+        self._shift_masks: dict[tuple[int, int, torch.device], Tensor] = {}
+
+    def shift_mask(self, hp: int, wp: int, device: torch.device) -> Tensor:
+        """The (cached) SW-MSA mask of a padded (hp, wp) map, see :func:`shift_window_mask`."""
+        ws = self.window_size
+        if torch.compiler.is_compiling():  # traced once into the graph; no Python-side cache there
+            return shift_window_mask(hp, wp, ws, ws // 2, device)
+        key = (hp, wp, device)
+        mask = self._shift_masks.get(key)
+        if mask is None:
+            mask = self._shift_masks[key] = shift_window_mask(hp, wp, ws, ws // 2, device)
+        return mask
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, H, W, C) -> (stage output before merging, merged map (or the output if none))."""
         ws = self.window_size
         hp, wp = x.shape[1] + (-x.shape[1]) % ws, x.shape[2] + (-x.shape[2]) % ws
-        mask = shift_window_mask(hp, wp, ws, ws // 2, x.device) if len(self.blocks) > 1 else None
+        mask = self.shift_mask(hp, wp, x.device) if len(self.blocks) > 1 else None
         for block in self.blocks:
             if self.use_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, mask, use_reentrant=False)

@@ -85,8 +85,11 @@ class PerSampleSeeded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int):
-        seed = sample_seed(self.seed, self.epoch, int(index))
+    def __getitem__(self, index: int | tuple[int, int]):
+        epoch = self.epoch
+        if isinstance(index, tuple):  # (epoch, index) from EpochTaggedBatches
+            epoch, index = index
+        seed = sample_seed(self.seed, epoch, int(index))
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -103,3 +106,39 @@ class PerSampleSeeded(torch.utils.data.Dataset):
         if name in ("dataset", "seed", "epoch"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class EpochTaggedBatches:
+    """A batch sampler whose indices carry the epoch: ``[(epoch, index), ...]``.
+
+    Persistent DataLoader workers keep the copy of the dataset they were started with, so a
+    :meth:`PerSampleSeeded.set_epoch` in the main process never reaches them. The batch sampler runs
+    in the main process: it reads the epoch when an epoch's iteration starts and sends it along with
+    every index. Other attributes (``set_epoch``, ``batches_per_epoch``) are the wrapped sampler's.
+    """
+
+    def __init__(self, batch_sampler, dataset: PerSampleSeeded):
+        self.batch_sampler, self.dataset = batch_sampler, dataset
+
+    def __iter__(self):
+        epoch = self.dataset.epoch
+        for batch in self.batch_sampler:
+            yield [(epoch, int(i)) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __getattr__(self, name: str):
+        if name in ("batch_sampler", "dataset"):
+            raise AttributeError(name)
+        return getattr(self.batch_sampler, name)
+
+
+def loader_options(num_workers: int, device: torch.device, prefetch_factor: int = 4) -> dict:
+    """DataLoader keywords that keep an accelerator fed: workers that live across epochs (no
+    re-fork and re-import each epoch), deeper prefetch, pinned memory for asynchronous copies.
+    Use with :class:`EpochTaggedBatches` so that per-sample seeding still sees the epoch."""
+    options = {"num_workers": num_workers, "pin_memory": torch.device(device).type == "cuda"}
+    if num_workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+    return options

@@ -4,6 +4,8 @@ the Accelerator itself comes from :func:`solider.utils.distributed.build_acceler
 - :func:`gather_rng_states` / :func:`restore_rng_states`: the global RNG state of every process, for
   checkpoints that resume bit for bit;
 - :func:`check_finite`: stop every process with a clear error when the loss is NaN/inf;
+- :class:`FiniteWatch`: the same check without a host sync per step (the first bad step is kept
+  on the device and read only when asked: at log intervals and before every checkpoint);
 - :func:`broadcast_buffers`: the main process's buffers (BatchNorm statistics) on every process;
 - :func:`peak_memory_mb`: peak accelerator memory (CUDA) or peak RSS (CPU).
 """
@@ -21,7 +23,7 @@ from solider.utils.seed import capture_rng_state, restore_rng_state
 
 logger = get_logger(__name__)
 
-__all__ = ["NonFiniteLossError", "gather_rng_states", "restore_rng_states",
+__all__ = ["NonFiniteLossError", "FiniteWatch", "gather_rng_states", "restore_rng_states",
            "check_finite", "broadcast_buffers", "peak_memory_mb"]
 
 
@@ -56,12 +58,48 @@ def check_finite(accelerator, loss: torch.Tensor, step: int, metrics: Mapping[st
 
     ``metrics`` (the loss terms) and ``advice`` (what to change) go into the message.
     """
-    finite = accelerator.reduce(torch.isfinite(loss.detach()).float().reshape(1), "min")
-    if finite.item() >= 1:
+    # accelerate's reduce knows sum/mean/max only (an unknown "min" silently sums): reduce badness
+    bad = accelerator.reduce((~torch.isfinite(loss.detach())).float().reshape(1), "max")
+    if bad.item() == 0:
         return
     terms = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
     raise NonFiniteLossError(f"non-finite loss at step {step} ({terms}); the run stops and the last good "
                              f"checkpoint stays in place. {advice}")
+
+
+class FiniteWatch:
+    """Records on the device the first step whose loss was not finite; :meth:`check` reads it.
+
+    :func:`check_finite` every step costs a host-device synchronisation per step (the GPU queue
+    drains before the next batch is launched). Here :meth:`observe` is pure device work, and
+    :meth:`check` (one sync, one all-reduce) runs every log interval and before every checkpoint
+    save, so a broken state is never written: a NaN stops the run at most ``log_every`` steps later,
+    with the step where it first appeared.
+    """
+
+    _NONE = 2**62  # "no bad step yet" (a min-reduction then finds the earliest bad step)
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_bad = torch.full((1,), self._NONE, dtype=torch.long, device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach()).reshape(1)
+        earliest = torch.minimum(self.first_bad, torch.full_like(self.first_bad, step))
+        self.first_bad = torch.where(bad, earliest, self.first_bad)
+
+    def check(self, accelerator, step: int, metrics: Mapping[str, float | torch.Tensor], advice: str) -> None:
+        """Raise :class:`NonFiniteLossError` on every process if any process saw a non-finite loss.
+
+        ``metrics`` are the latest step's loss terms (for the message); ``step`` the current one.
+        """
+        # earliest bad step over processes: max of the negated values (accelerate reduces by max)
+        first = -int(accelerator.reduce(-self.first_bad, "max").item())
+        if first >= self._NONE:
+            return
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+        raise NonFiniteLossError(f"non-finite loss at step {first} (checked at step {step}; latest terms: "
+                                 f"{terms}); the run stops and the last good checkpoint stays in place. "
+                                 f"{advice}")
 
 
 def broadcast_buffers(accelerator, module: torch.nn.Module) -> None:

@@ -43,6 +43,37 @@ def test_random_problems_match_naive(method, integer_distances):
     assert checked >= 15
 
 
+@pytest.mark.parametrize("share", [0.0, float("inf")], ids=["histogram", "pairwise"])
+@pytest.mark.parametrize("closer", [0.0, 0.6], ids=["uniform", "positives-near-top"])
+def test_both_counting_paths_match_naive(share, closer, monkeypatch):
+    """The count method has two exact paths (a histogram, and pairwise compares up to the last
+    positive); each is forced here, on random lists and on lists where positives lead."""
+    import eval.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_PAIRWISE_SHARE", share)
+    calls = []
+    real = metrics._before_last_positive
+    monkeypatch.setattr(metrics, "_before_last_positive", lambda *a: calls.append(r := real(*a)) or r)
+    rng = np.random.default_rng(7)
+    checked = 0
+    for trial in range(20):
+        problem = list(random_problem(rng, int(rng.integers(1, 30)), int(rng.integers(5, 120)),
+                                      int(rng.integers(1, 8)), int(rng.integers(1, 4)),
+                                      integer_distances=trial % 2 == 1))
+        same = problem[1][:, None] == problem[2][None, :]
+        problem[0] = problem[0] - closer * same * np.abs(problem[0]).max()
+        try:
+            naive = naive_evaluate(*problem, 30)
+        except ValueError:
+            continue
+        for chunk in (4, None):
+            _assert_matches_naive(*problem, 30, naive, chunk_size=chunk, device="cpu")
+        checked += 1
+    assert checked >= 12
+    used = {r is not None for r in calls}
+    assert used == ({True} if share else {False})  # the forced path ran, and only it
+
+
 def test_larger_problem_with_many_positives_and_ties():
     # Few identities and cameras: many positives and junk items per query; integer distances tie a lot.
     rng = np.random.default_rng(5)

@@ -12,6 +12,7 @@ from torch import nn
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
 from solider.optim import (
+    adamw,
     clip_gradients,
     decay_parameter_names,
     ema_update_,
@@ -81,6 +82,56 @@ def test_per_param_clipping_matches_naive_loop(max_norm):
     torch.testing.assert_close(norms, torch.stack([g.norm() for g in before]))
     for p, e in zip(with_grad, expected):
         torch.testing.assert_close(p.grad, e)
+
+
+def _per_tensor_clip(grads: list[torch.Tensor], max_norm: float, mode: str) -> torch.Tensor:
+    """The earlier implementation: one vector_norm and one mul_ per tensor."""
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    if mode == "per_param":
+        scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    else:
+        scales = (max_norm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(max=1.0).expand(len(grads))
+    for grad, scale in zip(grads, scales):
+        grad.mul_(scale.to(grad.dtype))
+    return norms
+
+
+@pytest.mark.parametrize("mode", ["per_param", "global"])
+def test_foreach_clipping_matches_the_per_tensor_loop(mode):
+    torch.manual_seed(3)
+    shapes = [(96, 4097), (3,), (7, 7, 3), (1,), (2048,)]
+    grads = [torch.randn(s) * 10 ** torch.empty(1).uniform_(-3, 2).item() for s in shapes]
+    params = [nn.Parameter(torch.zeros(s)) for s in shapes]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    ref = [g.clone() for g in grads]
+    expected_norms = _per_tensor_clip(ref, 0.5, mode)
+    norms = clip_gradients(params, 0.5, mode=mode)
+    torch.testing.assert_close(norms, expected_norms, rtol=1e-6, atol=0)
+    for p, e in zip(params, ref):
+        torch.testing.assert_close(p.grad, e, rtol=2e-6, atol=0)
+
+
+def test_adamw_implementation_matches_the_for_loop_update():
+    torch.manual_seed(4)
+    models = [TinyStudent() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [torch.optim.AdamW(param_groups(models[0], 0.05), lr=1e-3, betas=(0.9, 0.999), foreach=False),
+            adamw(param_groups(models[1], 0.05), torch.device("cpu"), lr=1e-3, betas=(0.9, 0.999))]
+    assert opts[1].defaults["foreach"] is True and not opts[1].defaults.get("fused")
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            set_optimizer_values(opt, 2e-3, 0.04)
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    params = [nn.Parameter(torch.zeros(2))]
+    if torch.cuda.is_available():  # pragma: no cover - CPU CI
+        params = [nn.Parameter(torch.zeros(2, device="cuda"))]
+        assert adamw([{"params": params}], torch.device("cuda"), lr=1e-3).defaults["fused"] is True
 
 
 def test_global_clipping_and_disabled():

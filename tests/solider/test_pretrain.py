@@ -80,6 +80,18 @@ def test_end_to_end_outputs_and_layout(tiny_market, tmp_path, caplog):
     assert not load_backbone_weights(build_swin(TINY), tmp_path / "official.pth").missing
 
 
+def test_photometric_half_in_the_training_process_runs_and_resumes(tiny_market, tmp_path):
+    """augment.device=main_process: uint8 crops + parameters from the loader, the batched ops in the
+    loop (the GPU path, forced on the CPU); a resumed run continues it bit for bit."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    extra = ("augment.device=main_process", "checkpoint.every_steps=2")
+    main(_args(tiny_market, full, "train.max_steps=4", *extra))
+    main(_args(tiny_market, part, "train.max_steps=2", *extra))
+    main(_args(tiny_market, part, "train.max_steps=4", "resume=auto", *extra))
+    a, b = safe_load(full / "checkpoints" / "last.pt"), safe_load(part / "checkpoints" / "last.pt")
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])
+
+
 def test_resume_is_bit_exact(tiny_market, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = ("checkpoint.every_steps=2", "semantic.label_source=clustering")

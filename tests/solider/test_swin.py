@@ -262,3 +262,22 @@ def test_onnx_export_with_dynamic_batch(tmp_path):
         (onnx_out,) = session.run(None, {"images": x.numpy()})
         with torch.no_grad():
             np.testing.assert_allclose(onnx_out, model(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_shift_masks_are_cached_per_geometry_and_weights_are_not():
+    from solider.models.swin import shift_window_mask
+
+    torch.manual_seed(0)
+    model = build_swin({"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7},
+                       img_size=(64, 32)).eval()
+    x = torch.randn(2, 3, 64, 32)
+    first = model(x)
+    stage = model.stages[0]
+    (key, mask), = stage._shift_masks.items()
+    assert torch.equal(mask, shift_window_mask(key[0], key[1], 7, 3, x.device))
+    assert stage.shift_mask(*key) is mask  # a hit: the same tensor, nothing rebuilt
+    model(torch.randn(1, 3, 32, 16))  # another geometry adds an entry
+    assert len(stage._shift_masks) == 2
+    with torch.no_grad():  # the bias table is a parameter: a change must show at once
+        stage.blocks[1].attn.w_msa.relative_position_bias_table.add_(1.0)
+    assert not torch.allclose(model(x), first)

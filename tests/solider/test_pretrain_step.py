@@ -1,0 +1,176 @@
+"""The lean pretraining step: fixed-shape masking gives the official loss and gradients, the part
+loss with a validity mask equals the loss on the valid subset, and no host sync is left in it."""
+
+from __future__ import annotations
+
+import copy
+import traceback
+
+import pytest
+import torch
+
+from solider.config import load_config
+from solider.dino import DINOLoss
+from solider.pretrain import build_networks
+from solider.pretrain_config import PretrainConfig
+from solider.pretrain_step import SemanticSettings, solider_step
+from solider.semantics import part_classification_loss
+
+
+def _tiny_cfg() -> PretrainConfig:
+    return load_config(
+        PretrainConfig,
+        None,
+        [
+            "model.arch=custom",
+            "model.embed_dim=16",
+            "model.depths=[2,2]",
+            "model.num_heads=[1,2]",
+            "model.img_size=[64,32]",
+            "model.local_size=[32,16]",
+            "model.drop_path_rate=0.0",
+            "augment.n_local=2",
+            "dino.out_dim=64",
+            "dino.hidden_dim=32",
+            "dino.bottleneck_dim=16",
+            "semantic.part_head_layers=2",
+        ],
+    )
+
+
+def _batch(b: int = 4) -> dict:
+    """Half the images with a standing person's keypoints, half without (clustered)."""
+    g = torch.Generator().manual_seed(0)
+    h, w = 64, 32
+    kp = torch.zeros(b, 2, 17, 3)
+    ys = (
+        torch.tensor(
+            [0.12, 0.1, 0.1, 0.11, 0.11, 0.25, 0.25, 0.4, 0.4, 0.52, 0.52, 0.55, 0.55, 0.75, 0.75, 0.93, 0.93]
+        )
+        * h
+    )
+    xs = (
+        torch.tensor(
+            [
+                0.5,
+                0.47,
+                0.53,
+                0.44,
+                0.56,
+                0.35,
+                0.65,
+                0.3,
+                0.7,
+                0.28,
+                0.72,
+                0.42,
+                0.58,
+                0.42,
+                0.58,
+                0.42,
+                0.58,
+            ]
+        )
+        * w
+    )
+    kp[..., 0], kp[..., 1], kp[..., 2] = xs, ys, 2.0
+    has = torch.arange(b) % 2 == 0
+    kp[~has] = 0
+    return {
+        "global_crops": torch.randn(b, 2, 3, h, w, generator=g),
+        "local_crops": torch.randn(b, 2, 3, 32, 16, generator=g),
+        "global_keypoints": kp,
+        "has_keypoints": has,
+        "index": torch.arange(b),
+    }
+
+
+@pytest.mark.parametrize("masking", [True, False])
+def test_static_shapes_give_the_official_loss_and_gradients(masking):
+    torch.manual_seed(0)
+    student, teacher = build_networks(_tiny_cfg())
+    batch = _batch()
+    results, grads = [], []
+    for static in (False, True):
+        s = copy.deepcopy(student)
+        settings = SemanticSettings(masking=masking, static_shapes=static, fixed_weight=None)
+        loss_fn = DINOLoss(64)
+        result = solider_step(batch, s, teacher, loss_fn, step=3, settings=settings, seed=1)
+        result.loss.backward()
+        results.append(result)
+        grads.append({n: p.grad for n, p in s.named_parameters() if p.grad is not None})
+    official, static = results
+    assert 0 < float(official.metrics["labelled_share"]) < 1  # some crops labelled, some not: a real test
+    torch.testing.assert_close(static.loss, official.loss, rtol=1e-5, atol=1e-7)
+    for key in ("semantic_loss", "part_accuracy", "dino_loss", "masked_images"):
+        torch.testing.assert_close(
+            torch.as_tensor(static.metrics[key]).float(),
+            torch.as_tensor(official.metrics[key]).float(),
+            rtol=1e-5,
+            atol=1e-7,
+        )
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_masked_part_loss_equals_the_loss_of_the_valid_subset():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 8, 4, 4, generator=g, requires_grad=True)
+    labels = torch.randint(0, 4, (6, 8, 4), generator=g)
+    weights = torch.rand(6, generator=g)
+    valid = torch.tensor([True, False, True, True, False, True])
+    loss, acc = part_classification_loss(logits, labels, weights, valid=valid)
+    ref_loss, ref_acc = part_classification_loss(logits[valid], labels[valid], weights[valid])
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(acc, ref_acc)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.count_nonzero(grad[~valid]) == 0
+    none_valid, none_acc = part_classification_loss(
+        logits, labels, weights, valid=torch.zeros(6, dtype=torch.bool)
+    )
+    assert float(none_valid.detach()) == 0 and float(none_acc) == 0 and none_valid.requires_grad
+
+
+_HOST_READS = (
+    "torch.randint(1, num_parts + 1, (1,), generator=generator).item()",  # CPU generator
+    'bool(batch["has_keypoints"].any())',  # host keys of the batch (solider.pretrain_step.HOST_KEYS)
+    "for i in indices.tolist()",
+)
+
+
+def _host_reads(monkeypatch, run) -> list[str]:
+    """Source lines that read a tensor's value on the host (item, tolist, bool, nonzero)."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "nonzero"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, **kw):
+            reads.append(traceback.extract_stack(limit=2)[0].line)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    try:
+        run()
+    finally:
+        monkeypatch.undo()
+    return reads
+
+
+def test_the_static_step_reads_only_host_tensors(monkeypatch):
+    """On CPU every tensor is a host tensor, so each host read is traced to its source line: the
+    fixed-shape step reads only the CPU generator and the batch's host keys (no sync on a GPU),
+    the official subset also reads the labelled crops (a sync per step)."""
+    torch.manual_seed(0)
+    student, teacher = build_networks(_tiny_cfg())
+    batch = _batch()
+    batch["has_keypoints"] = torch.zeros(4, dtype=torch.bool)  # clustering only: no keypoint labels
+    settings = SemanticSettings(static_shapes=True)
+
+    def step(s: SemanticSettings):
+        return lambda: solider_step(batch, student, teacher, DINOLoss(64), step=0, settings=s, seed=0)
+
+    static = _host_reads(monkeypatch, step(settings))
+    assert static and all(any(ok in line for ok in _HOST_READS) for line in static), static
+    official = _host_reads(monkeypatch, step(settings._replace(static_shapes=False)))
+    assert any("nonzero" in line for line in official), official
