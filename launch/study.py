@@ -13,7 +13,8 @@ network from the same random initialisation, then (stages):
 * ``baselines`` — hand-crafted features for scale (``eval/evaluate.py --checkpoint histogram`` and
   ``pixels``);
 * ``lowlabel`` — the same fine-tuning recipe on 10 % and 25 % of the training identities (subsets
-  fixed by the seed), from the teacher and the student of each pretraining and from scratch;
+  fixed by the seed) and the same number of optimizer steps (epochs x 1 / fraction), from the
+  teacher and the student of each pretraining and from scratch;
 * ``full`` — fine-tuning on every training identity, from each teacher and from scratch, and the
   before / after distance plots of the first seed;
 * ``lambda`` — the SOLIDER teacher fine-tuned at λ 0, 0.5 and 1 as well (run it where the frozen
@@ -40,6 +41,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_report import report  # noqa: E402  (a sibling script, not a package)
@@ -95,8 +98,12 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
         tasks.append(Task(name, _py("solider/pretrain.py", "--config", pretrain_cfg, f"output_dir={o}",
                                     "resume=auto", *overrides, *pt_extra), o))
 
+    full_epochs = (yaml.safe_load((ROOT / finetune_cfg).read_text()).get("train") or {}).get("epochs")
+
     def finetune(start: str, fraction: float, seed: int, lam: float = DEFAULT_LAMBDA) -> None:
         name, o = finetune_name(start, fraction, seed, lam), out / finetune_name(start, fraction, seed, lam)
+        # fewer identities, the same number of optimizer steps: epochs scaled by 1 / fraction
+        budget = [f"train.epochs={round(full_epochs / fraction)}"] if fraction < 1 and full_epochs else []
         init, deps = ["--init", "none"], []
         if start != "scratch":
             arm, network = start.split("_")
@@ -105,7 +112,8 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
             deps = [f"pretrain/{arm}_s{seed}"]
         tasks.append(Task(name, _py("finetune/run.py", "--config", finetune_cfg, *init, f"output_dir={o}",
                                     f"data.root={data}", f"seed={seed}", f"model.semantic_weight={lam}",
-                                    f"data.id_fraction={fraction}", "resume=auto", *ft_extra), o, deps))
+                                    f"data.id_fraction={fraction}", *budget, "resume=auto", *ft_extra),
+                          o, deps))
 
     wants_pretraining = {"pretrain", "lowlabel", "full", "lambda"} & set(stages)
     if wants_pretraining:

@@ -79,9 +79,9 @@ def frozen_features(out: Path, seeds: list[int]) -> dict:
             if not (run / "study.json").is_file() or not history:
                 continue
             last = history[-1]
-            for net in ("teacher", "student", "start"):
-                key = "start" if net == "start" else f"{arm}_{net}"
-                table.setdefault(key, {})[seed] = {m: last[f"eval/{net}/{m}"] for m in ("mAP", "rank1")}
+            for net in ("teacher", "student", "start"):  # each arm against its own step-0 networks
+                scores = {m: last[f"eval/{net}/{m}"] for m in ("mAP", "rank1")}
+                table.setdefault(f"{arm}_{net}", {})[seed] = scores
             table.setdefault(f"{arm}_curve", {})[seed] = [
                 (r["step"], r["eval/teacher/mAP"], r["eval/student/mAP"]) for r in history]
     return table
@@ -118,13 +118,16 @@ def report(out: Path, seeds: list[int], processor: str = "", cpus: int | None = 
         text += ["### (a) Frozen features on the test split (no fine-tuning)", "",
                  "| features | seeds | mAP | Δ mAP vs its random initialisation | Rank-1 | mAP per seed |",
                  "|---|---|---|---|---|---|"]
-        start = {s: v["mAP"] for s, v in frozen.get("start", {}).items()}
-        for key in ("solider_teacher", "solider_student", "dino_teacher", "dino_student", "start"):
+        for key in ("solider_teacher", "solider_student", "solider_start", "dino_teacher", "dino_student",
+                    "dino_start"):
             if key not in frozen:
                 continue
+            arm, net = key.split("_")
             maps = {s: v["mAP"] for s, v in frozen[key].items()}
-            name = "random initialisation (step 0)" if key == "start" else START_NAMES[key]
-            delta = "–" if key == "start" else _delta(paired(maps, start))
+            start = {s: v["mAP"] for s, v in frozen.get(f"{arm}_start", {}).items()}
+            name = START_NAMES[key] if net != "start" else f"{START_NAMES[arm + '_teacher'].split()[0]}: " \
+                "random initialisation (step 0)"
+            delta = "–" if net == "start" else _delta(paired(maps, start))
             ranks = [v["rank1"] for v in frozen[key].values()]
             text.append(f"| {name} | {len(maps)} | {_pct(list(maps.values()))} | {delta} | {_pct(ranks)} | "
                         + " / ".join(f"{100 * maps[s]:.2f}" for s in sorted(maps)) + " |")

@@ -33,7 +33,7 @@ def test_study_quick_runs_every_stage_and_resumes_without_rerunning(tmp_path, cu
     assert "FAIL" not in first and "study: 26 of 26 runs done" in first, first[-2000:]
     table = (tmp_path / "results.md").read_text()
     for row in ("| SOLIDER teacher | 1 |", "| DINO-only student | 1 |",
-                "| random initialisation (step 0) | 1 |", "| no pretraining | 1 |",
+                "| SOLIDER: random initialisation (step 0) | 1 |", "| no pretraining | 1 |",
                 "| hue-saturation histograms, 6 stripes (hand-crafted) |",
                 "10 % of the training identities", "(c) Full fine-tuning",
                 "| keypoints (any network) |", "| clustering, teacher randomly initialised |"):

@@ -37,6 +37,9 @@ def test_plan_has_every_arm_start_fraction_and_seed_with_dependencies(tmp_path):
             for start in starts:
                 ft = tasks[study.finetune_name(start, fraction, seed)]
                 assert f"seed={seed}" in ft.cmd and f"data.id_fraction={fraction}" in ft.cmd
+                # the same number of steps as the full run (its config: 6 epochs)
+                assert ("train.epochs=60" in ft.cmd) == (fraction == 0.1)
+                assert ("train.epochs=24" in ft.cmd) == (fraction == 0.25)
                 init = ft.cmd[ft.cmd.index("--init") + 1]
                 if start == "scratch":
                     assert init == "none" and ft.deps == []
@@ -102,7 +105,7 @@ def test_frozen_feature_table_pairs_each_network_with_its_own_start(tmp_path):
     assert rows["SOLIDER teacher"][:2] == ["3", "2.07 ± 0.06"]
     assert rows["SOLIDER teacher"][2].startswith("+0.97 ± 0.06 (t 29.0, clear)")
     assert rows["SOLIDER student"][1] == "3.17 ± 0.15"
-    assert rows["random initialisation (step 0)"][1:3] == ["1.10 ± 0.10", "–"]
+    assert rows["SOLIDER: random initialisation (step 0)"][1:3] == ["1.10 ± 0.10", "–"]
     assert rows["hue-saturation histograms, 6 stripes (hand-crafted)"][1] == "6.60"
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["frozen"]["solider_teacher"]["0"]["mAP"] == 0.020
