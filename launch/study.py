@@ -127,11 +127,6 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
             tasks.append(Task(f"baselines/{name}", _py(
                 "eval/evaluate.py", "--checkpoint", name, "--data", str(data), "--out", str(o),
                 f"model.img_size={size}", "data.num_workers=0", "plots.enabled=false", "overwrite=true"), o))
-    if "lowlabel" in stages:
-        for seed in seeds:
-            for fraction in FRACTIONS:
-                for start in STARTS:
-                    finetune(start, fraction, seed)
     if "full" in stages:
         for seed in seeds:
             for start in FULL_STARTS:
@@ -146,6 +141,11 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
                 "--data", str(data), "--out", str(o), "data.num_workers=0",
                 "overwrite=true"), o,  # an evaluation that stopped half-way is simply redone
                 [after] + ([f"pretrain/{start.split('_')[0]}_s{seed}"] if before else [])))
+    if "lowlabel" in stages:
+        for seed in seeds:
+            for fraction in FRACTIONS:
+                for start in STARTS:
+                    finetune(start, fraction, seed)
     if "lambda" in stages:
         for seed in seeds:
             for lam in (0.0, 0.5, 1.0):
