@@ -30,6 +30,7 @@ from solider.config import build_arg_parser, config_from_args, save_config, to_d
 from solider.data.multicrop import MultiCropTransform
 from solider.data.photometric import blur_sigma_for
 from solider.data.shuffle_sampler import ShuffleBatchSampler
+from solider.data.unlabeled import list_images
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
 from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
@@ -250,8 +251,12 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = ShuffleBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed,
                                   accelerator.process_index, world)
     # before any collective that a process with other data would hang in: stop naming the rank
-    check_same_data(accelerator, data_fingerprint(dataset.dataset.paths, None, sampler.batches_per_epoch,
-                                                  str(source.images)), "pretraining data")
+    # The crop index is built once and shared, so it cannot differ between processes; what can is the
+    # data each process sees (a node with an incomplete copy). Each lists the source itself (names
+    # only, no header reads) and the lists are compared.
+    seen = list_images(source.images)[1] if world > 1 else dataset.dataset.paths
+    check_same_data(accelerator, data_fingerprint(seen, None, sampler.batches_per_epoch, str(source.images)),
+                    "pretraining data")
     # Our sampler shards by itself, so the loader stays out of accelerator.prepare (see its docstring);
     # a private generator keeps the loader from drawing on the global RNG (exact resume).
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers

@@ -141,9 +141,8 @@ def test_entry_points_write_only_inside_output_dir(entry, request):
     written = {str(p.relative_to(reference.sandbox)) for p in reference.sandbox.rglob("*") if not p.is_dir()}
     assert written == set(), f"written outside {out}: {sorted(written)}"
     names = {p.relative_to(out).parts[0] for p in out.rglob("*")}
-    expected = {"config.yaml", "log.jsonl", "tb", "checkpoints", "run.lock"} | ({"metrics.json"}
-                                                                                 if entry == "finetune"
-                                                                       else set())
+    expected = {"config.yaml", "log.jsonl", "tb", "checkpoints", "run.lock"} | (
+        {"metrics.json"} if entry == "finetune" else {"crop_index.npz"})  # pretraining: the run's crop index
     assert names == expected
 
 
