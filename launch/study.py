@@ -55,6 +55,8 @@ PRESETS = {"cpu": ("configs/study/pretrain_cuhk03.yaml", "configs/study/finetune
 ARMS = ("solider", "dino")
 STARTS = ("solider_teacher", "solider_student", "dino_teacher", "dino_student", "scratch")
 FULL_STARTS = ("solider_teacher", "dino_teacher", "scratch")
+# scratch first: a pretrained low-label run says nothing until its scratch pair has finished
+LOWLABEL_ORDER = ("scratch", "dino_student", "solider_student", "dino_teacher", "solider_teacher")
 FRACTIONS = (0.1, 0.25)
 STAGES = ("pretrain", "baselines", "lowlabel", "full", "lambda", "synthetic")
 DEFAULT_STAGES = ("pretrain", "baselines", "lowlabel", "full", "synthetic")
@@ -144,7 +146,7 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
     if "lowlabel" in stages:
         for seed in seeds:
             for fraction in FRACTIONS:
-                for start in STARTS:
+                for start in LOWLABEL_ORDER:
                     finetune(start, fraction, seed)
     if "lambda" in stages:
         for seed in seeds:
