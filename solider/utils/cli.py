@@ -34,9 +34,12 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from solider.checkpoint import CheckpointError
     from solider.config import ConfigError
     from solider.data.images import ImageDecodeError
+    from solider.utils.data_agreement import DataMismatchError
+    from solider.utils.output_dir import ExistingResults, OutputDirInUse, OutputPathError
     from solider.utils.training import NonFiniteLossError
 
     return (UserError, ConfigError, CheckpointError, NonFiniteLossError, ImageDecodeError,
+            ExistingResults, OutputDirInUse, OutputPathError, DataMismatchError,
             FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 

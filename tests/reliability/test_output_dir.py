@@ -74,10 +74,10 @@ def test_two_entry_point_runs_into_one_folder(pretrain_market, pretrain_referenc
     args = pretrain_args(pretrain_market, out, *PRETRAIN)
     runs = [start("pretrain", args, out), start("pretrain", [*args, "resume=auto"], tmp_path / "second")]
     codes = [p.wait(300) for p in runs]
-    assert sorted(codes) == [0, 1], (codes, log_tail(out), log_tail(tmp_path / "second"))
+    assert sorted(codes) == [0, 2], (codes, log_tail(out), log_tail(tmp_path / "second"))  # 2: a user error
     winner, loser = (runs[0], runs[1]) if codes[0] == 0 else (runs[1], runs[0])
     logs = log_tail(out, 10**6) + log_tail(tmp_path / "second", 10**6)
-    assert f'OutputDirInUse: output_dir {out} is in use by another run ({{"pid": {winner.pid}' in logs
+    assert f'error: output_dir {out} is in use by another run ({{"pid": {winner.pid}' in logs
     assert assert_same_run(pretrain_reference.result(), out) > 50
 
 

@@ -72,6 +72,17 @@ def test_a_config_typo_is_one_line_without_traceback():
     assert "did you mean 'optim.lr'" in done.stderr and "SOLIDER_DEBUG=1" in done.stderr
 
 
+def test_an_output_folder_with_results_is_one_line_without_traceback(tmp_path):
+    """The results rule (issue 13) and the clean-error rule (issue 16) together: a folder that holds a
+    finished run is refused in one line naming resume=auto and overwrite=true."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"a finished run's checkpoint")
+    done = _entry(["solider/pretrain.py", "train.max_steps=1", f"output_dir={tmp_path / 'run'}"])
+    assert done.returncode == USER_ERROR_EXIT, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "already holds the results of a run" in done.stderr and "resume=auto" in done.stderr
+
+
 def test_a_wrong_data_root_is_cut_short_and_the_traceback_is_behind_the_debug_switch(tmp_path):
     images = tmp_path / "bounding_box_train"  # data.root one level too deep
     images.mkdir()
