@@ -64,8 +64,9 @@ class StripeColourHistogram(_Unnormalize):
 
     Hue and saturation, not RGB: they do not change with the brightness of the scene, which is what
     differs most between two cameras (on the CUHK03 subset an RGB version scores 2.0 mAP, this one
-    6.6). A value v in [0, 1] falls in bin ``min(floor(v * bins), bins - 1)``; stripes split the
-    height as evenly as integer rows allow (``torch.tensor_split``).
+    6.3-6.9 depending on the input size). A value v in [0, 1] falls in bin
+    ``min(floor(v * bins), bins - 1)``; stripes split the height as evenly as integer rows allow
+    (``torch.tensor_split``).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], stripes: int = 6, hue_bins: int = 16,
