@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from solider.optim import multi_tensor_impl
+
 __all__ = ["param_groups", "build_optimizer", "multistep_lr", "cosine_lr", "LRSchedule", "set_epoch_lr"]
 
 
@@ -55,10 +57,10 @@ def build_optimizer(groups: list[dict], name: str, lr: float, momentum: float = 
                     device: torch.device | str = "cpu") -> torch.optim.Optimizer:
     """``"sgd"`` (momentum), ``"adam"`` (L2 weight decay in the gradient, as BoT) or ``"adamw"``.
 
-    The multi-tensor implementations: ``fused`` on CUDA (one kernel), ``foreach`` elsewhere; the
-    same update as the for-loop versions.
+    The multi-tensor implementations (:func:`solider.optim.multi_tensor_impl`): ``fused`` where the
+    device has the kernels (CUDA, CPU), ``foreach`` elsewhere; the same update as the for-loop versions.
     """
-    impl = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    impl = multi_tensor_impl(device)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, **impl)
     if name == "adam":

@@ -78,17 +78,28 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
 
 
 def adamw(groups: list[dict], device: torch.device, **kwargs) -> torch.optim.AdamW:
-    """AdamW with the leanest implementation the device has: ``fused`` (one kernel for all
-    parameters) on CUDA, ``foreach`` (a few multi-tensor ops) elsewhere; the same update rule as
-    the for-loop version (tests compare them).
+    """AdamW with the leanest implementation the device has (:func:`multi_tensor_impl`): ``fused``
+    (one kernel for all parameters) on CUDA and CPU, ``foreach`` (a few multi-tensor ops) elsewhere;
+    the same update rule as the for-loop version (tests compare them).
 
     Args:
         groups: parameter groups (e.g. :func:`param_groups`); extra keys are kept.
         device: where the parameters will live when ``step`` runs.
         kwargs: ``lr``, ``betas``, ``eps``, ``weight_decay`` as for :class:`torch.optim.AdamW`.
     """
-    impl = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, **kwargs, **impl)
+    return torch.optim.AdamW(groups, **kwargs, **multi_tensor_impl(device))
+
+
+def multi_tensor_impl(device: torch.device | str) -> dict[str, bool]:
+    """``{"fused": True}`` where this torch has fused optimizer kernels for ``device`` (CUDA, and
+    the CPU since torch 2.4: one kernel per group instead of a step-counter read per parameter),
+    else ``{"foreach": True}``. Both give the update rule of the for-loop versions."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        fused_devices = _get_fused_kernels_supported_devices()
+    except ImportError:  # pragma: no cover - older torch: CUDA only
+        fused_devices = ["cuda"]
+    return {"fused": True} if torch.device(device).type in fused_devices else {"foreach": True}
 
 
 def set_optimizer_values(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
@@ -194,8 +205,9 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
         raise ValueError(f"ema_update_: momentum must be in [0, 1], got {momentum}")
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
     names = _match_by_name(t_params, s_params, "parameter")
-    t_list = [t_params[n].data for n in names]
-    s_list = [s_params[n].to(t_params[n].dtype) for n in names]  # no_grad: no detach needed
+    # no_grad: the parameters themselves, no ``.data`` / ``detach`` views (one op per tensor each)
+    t_list = [t_params[n] for n in names]
+    s_list = [s_params[n].to(t_params[n].dtype) for n in names]
     if t_list:
         # foreach kernels: one launch per dtype/device group instead of two per tensor.
         torch._foreach_mul_(t_list, momentum)

@@ -16,6 +16,7 @@ from solider.optim import (
     clip_gradients,
     decay_parameter_names,
     ema_update_,
+    multi_tensor_impl,
     param_groups,
     set_optimizer_values,
 )
@@ -118,7 +119,7 @@ def test_adamw_implementation_matches_the_for_loop_update():
     models[1].load_state_dict(models[0].state_dict())
     opts = [torch.optim.AdamW(param_groups(models[0], 0.05), lr=1e-3, betas=(0.9, 0.999), foreach=False),
             adamw(param_groups(models[1], 0.05), torch.device("cpu"), lr=1e-3, betas=(0.9, 0.999))]
-    assert opts[1].defaults["foreach"] is True and not opts[1].defaults.get("fused")
+    assert opts[1].defaults["fused"] is (multi_tensor_impl("cpu") == {"fused": True})
     x = torch.randn(5, 4)
     for _ in range(3):
         for model, opt in zip(models, opts):
@@ -132,6 +133,28 @@ def test_adamw_implementation_matches_the_for_loop_update():
     if torch.cuda.is_available():  # pragma: no cover - CPU CI
         params = [nn.Parameter(torch.zeros(2, device="cuda"))]
         assert adamw([{"params": params}], torch.device("cuda"), lr=1e-3).defaults["fused"] is True
+
+
+@pytest.mark.parametrize("impl", [{"foreach": True}, {"fused": True}])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_multi_tensor_optimizers_match_the_for_loop_on_cpu(name, impl):
+    # what multi_tensor_impl picks on a CPU (fused since torch 2.4) and on devices without kernels
+    if impl.get("fused") and multi_tensor_impl("cpu") != impl:
+        pytest.skip(f"this torch {torch.__version__} has no fused CPU kernels")
+    torch.manual_seed(5)
+    models = [TinyStudent() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    kwargs = {"lr": 1e-2, "weight_decay": 0.05} | ({"momentum": 0.9} if name == "SGD" else {})
+    opts = [getattr(torch.optim, name)(m.parameters(), **kwargs, **variant)
+            for m, variant in zip(models, ({"foreach": False}, impl))]
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_global_clipping_and_disabled():
