@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -68,20 +69,36 @@ def _hue_positions(apply: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.where(apply, pos, 4)
 
 
+JITTER_UNIFORMS = 9  # per sample: 1 for "apply", 4 for the factors, 4 for the order
+
+
+def jitter_columns(u: np.ndarray, p: float, brightness: float, contrast: float, saturation: float,
+                   hue: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(apply, factors, order) of ``len(u)`` samples from their (n, 9) uniforms in [0, 1).
+
+    Numpy on purpose: this runs per image in the data-loader workers, where a dozen small torch
+    ops cost more than the crops' parameters are worth. The rows are i.i.d., so they are returned
+    sorted by the step of their hue shift: then ``color_jitter`` needs no gather (the sort does not
+    change the distribution of any sample).
+    """
+    lo = np.array([max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue],
+                  dtype=np.float32)
+    hi = np.array([1 + brightness, 1 + contrast, 1 + saturation, hue], dtype=np.float32)
+    apply = u[:, 0] < p
+    factors = lo + (hi - lo) * u[:, 1:5]
+    order = np.argsort(u[:, 5:9], axis=1, kind="stable")
+    hue_step = np.where(apply, (order == HUE).argmax(1), 4)
+    perm = np.argsort(hue_step, kind="stable")
+    return apply[perm], factors[perm], order[perm]
+
+
 def sample_jitter(n: int, p: float, brightness: float, contrast: float, saturation: float,
                   hue: float) -> JitterParams:
-    """Draw jitter parameters for ``n`` samples from the global torch RNG.
-
-    The rows are i.i.d., so they are returned sorted by the step of their hue shift: then
-    ``color_jitter`` needs no gather (the sort does not change the distribution of any sample).
-    """
-    apply = torch.rand(n) < p
-    lo = torch.tensor([max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue])
-    hi = torch.tensor([1 + brightness, 1 + contrast, 1 + saturation, hue])
-    factors = lo + (hi - lo) * torch.rand(n, 4)
-    order = torch.argsort(torch.rand(n, 4), dim=1)
-    perm = torch.argsort(_hue_positions(apply, order), stable=True)
-    return JitterParams(apply[perm], factors[perm], order[perm])
+    """Draw jitter parameters for ``n`` samples from the global torch RNG (one draw), sorted by
+    the step of their hue shift (:func:`jitter_columns`)."""
+    apply, factors, order = jitter_columns(torch.rand(n, JITTER_UNIFORMS).numpy(), p, brightness, contrast,
+                                           saturation, hue)
+    return JitterParams(torch.from_numpy(apply), torch.from_numpy(factors), torch.from_numpy(order))
 
 
 def color_jitter(x: torch.Tensor, params: JitterParams) -> torch.Tensor:
@@ -189,9 +206,4 @@ def solarize_(x: torch.Tensor, mask: torch.Tensor | list[bool], threshold: float
         # |s - 1| = 1 - s where s >= threshold, |s - 0| = s elsewhere: no slow torch.where.
         x[i] = (s - (s >= threshold).to(s.dtype)).abs_()
     return x
-
-
-def gaussian_sigmas(n: int, low: float, high: float) -> torch.Tensor:
-    """(n,) sigmas drawn uniformly from [low, high] (DINO's radius ~ U(0.1, 2))."""
-    return low + (high - low) * torch.rand(n)
 

@@ -26,13 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from solider.data import photometric
 from solider.data.images import pil_to_tensor
 from solider.data.keypoints import FLIP_INDEX, NUM_JOINTS
 from solider.data.photometric import DevicePhotometric
-from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, interpolation_mode
+from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, interpolation_mode, resize_crop
 
 
 def as_uint8_tensor(image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -158,8 +157,7 @@ class MultiCropTransform:
         img_h, img_w = pixels.shape[1:]
         for k in range(n):
             top, left, h, w = random_resized_crop_box(img_h, img_w, scale, self.ratio, draws[k][:-1])
-            crop = TF.resize(pixels[:, top : top + h, left : left + w], list(size),
-                             interpolation=self.interpolation, antialias=True)
+            crop = resize_crop(pixels[:, top : top + h, left : left + w], size, self.interpolation)
             out[k] = crop.flip(-1) if flips[k] else crop
             if keypoints is not None:
                 kpts[k] = transform_keypoints(keypoints, (top, left, h, w), size, flips[k])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from solider.data import augment_ops as ops
@@ -66,27 +67,23 @@ def draw_params(
     blur_p: torch.Tensor,
     solarize_p: torch.Tensor,
 ) -> torch.Tensor:
-    """(n, 13) photometric parameters of n crops from the global torch RNG, in the worker
-    pipeline's order of draws (jitter, grayscale, sigma, blur, solarize)."""
+    """(n, 13) photometric parameters of n crops from the global torch RNG: jitter (apply, factors,
+    order), grayscale, sigma, blur, solarize, each from its own uniform of one (n, 13) draw."""
     if n == 0:
         return torch.zeros(0, NUM_PARAMS)
-    j = ops.sample_jitter(n, jitter_p, *jitter)
-    gray = torch.rand(n) < grayscale_p
-    sigma = ops.gaussian_sigmas(n, *blur_sigma)
-    blur = torch.rand(n) < blur_p
-    solarize = torch.rand(n) < solarize_p
-    return torch.cat(
-        [
-            j.apply[:, None].float(),
-            j.factors,
-            j.order.float(),
-            gray[:, None].float(),
-            sigma[:, None],
-            blur[:, None].float(),
-            solarize[:, None].float(),
-        ],
-        dim=1,
-    )
+    # one RNG call for all draws; numpy for the arithmetic (this runs per image in the workers)
+    u = torch.rand(n, ops.JITTER_UNIFORMS + 4).numpy()
+    apply, factors, order = ops.jitter_columns(u[:, :ops.JITTER_UNIFORMS], jitter_p, *jitter)
+    rest = u[:, ops.JITTER_UNIFORMS:]
+    out = np.empty((n, NUM_PARAMS), dtype=np.float32)
+    out[:, COLUMNS["apply"]] = apply
+    out[:, COLUMNS["factors"]] = factors
+    out[:, COLUMNS["order"]] = order
+    out[:, COLUMNS["gray"]] = rest[:, 0] < grayscale_p
+    out[:, COLUMNS["sigma"]] = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * rest[:, 1]
+    out[:, COLUMNS["blur"]] = rest[:, 2] < np.asarray(blur_p)
+    out[:, COLUMNS["solarize"]] = rest[:, 3] < np.asarray(solarize_p)
+    return torch.from_numpy(out)
 
 
 def _unpack(params: torch.Tensor):

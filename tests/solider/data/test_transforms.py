@@ -14,7 +14,9 @@ from solider.data.transforms import (
     IMAGENET_STD,
     build_reid_test_transform,
     build_reid_train_transform,
+    interpolation_mode,
     random_erasing_mean,
+    resize_crop,
 )
 from tests.reference.data_random_erasing import bot_random_erasing
 
@@ -71,3 +73,20 @@ def test_bad_options():
         build_reid_train_transform(erasing_mode="zero")
     with pytest.raises(ValueError, match="unknown interpolation 'lanczos'"):
         build_reid_test_transform(interpolation="lanczos")
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_resize_crop_is_torchvisions_resize_bit_for_bit(mode, channels_last):
+    from torchvision.transforms.v2 import functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 97, 41), dtype=torch.uint8, generator=g)
+    if channels_last:  # how the multi-crop workers store decoded images
+        image = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    for top, left, h, w, size in [(0, 0, 97, 41, (256, 128)), (10, 3, 40, 20, (128, 64)),
+                                  (5, 5, 80, 30, (32, 16)), (1, 2, 64, 32, (64, 32))]:
+        crop = image[:, top:top + h, left:left + w]
+        expected = TF.resize(crop, list(size), interpolation=interpolation_mode(mode), antialias=True)
+        got = resize_crop(crop, size, interpolation_mode(mode))
+        assert got.shape == (3, *size) and torch.equal(got, expected), (mode, size)
