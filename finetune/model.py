@@ -12,11 +12,12 @@ optionally L2-normalised. Export and evaluation both call ``embed``.
 The backbone contract is all the neck needs: a module mapping (B, 3, H, W) images to (B, C)
 features, with a ``num_features`` attribute (an int, or a per-stage list whose last entry is C, as
 our Swin has). :func:`build_backbone` gives the SOLIDER Swin or, for ``resnet18 ... resnet152``, a
-timm ResNet with last stride 1 (:mod:`finetune.resnet`).
+timm ResNet with last stride 1 (:mod:`finetune.resnet`); :func:`build_model` the whole model a
+config describes.
 
 State-dict keys: ``backbone.<swin or timm ResNet keys>``, ``reduction.weight``, ``bnneck.{weight,
 bias, running_mean, running_var, num_batches_tracked}``, ``classifier.weight``, so
-``solider.checkpoint.load_backbone_weights`` (Swin) and ``finetune.resnet.load_resnet_weights``
+``solider.models.swin_weights.load_backbone_weights`` (Swin) and ``finetune.resnet.load_resnet_weights``
 read fine-tuned checkpoints too.
 """
 
@@ -28,13 +29,15 @@ from typing import Any, NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from finetune.config import FinetuneConfig
 from finetune.resnet import build_resnet, is_resnet
 from solider.models.swin import build_swin
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["ReIDOutput", "ReIDModel", "Embedder", "backbone_dim", "build_backbone", "NECK_FEATS"]
+__all__ = ["ReIDOutput", "ReIDModel", "Embedder", "backbone_dim", "build_backbone", "build_model",
+           "NECK_FEATS"]
 
 NECK_FEATS = ("before", "after")
 
@@ -143,6 +146,16 @@ class ReIDModel(nn.Module):
         out = self.forward(images)
         feat = out.bn_feat if self.neck_feat == "after" else out.feat
         return F.normalize(feat, dim=1) if self.test_norm else feat
+
+
+def build_model(cfg: FinetuneConfig, num_classes: int) -> ReIDModel:
+    """The ReID model a config describes (random weights)."""
+    m = cfg.model
+    backbone = build_backbone(m.arch_spec(), img_size=m.img_size, semantic_weight=m.semantic_weight,
+                              drop_path_rate=m.drop_path_rate, use_checkpoint=m.use_checkpoint,
+                              last_stride=m.last_stride)
+    return ReIDModel(backbone, num_classes, reduction_dim=m.reduction_dim, neck_feat=m.neck_feat,
+                     test_norm=m.test_norm)
 
 
 class Embedder(nn.Module):

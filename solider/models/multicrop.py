@@ -1,8 +1,8 @@
 """Student / teacher networks of SOLIDER pretraining: Swin backbone + DINO head (+ part head).
 
 State-dict keys are ``backbone.*``, ``head.*`` and, for the student, ``part_head.*``: the layout of
-the official teacher checkpoints, so ``solider.checkpoint.load_backbone_weights`` and the official
-tools read ours.
+the official teacher checkpoints, so ``solider.models.swin_weights.load_backbone_weights`` and the
+official tools read ours.
 """
 
 from __future__ import annotations
