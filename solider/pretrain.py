@@ -79,7 +79,7 @@ def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
     def net(drop_path: float, with_part_head: bool) -> MultiCropNet:
         backbone = build_swin(cfg.model.arch_spec(), img_size=cfg.model.img_size, semantic_weight=0.0,
                               drop_path_rate=drop_path, use_checkpoint=cfg.model.use_checkpoint)
-        dim = backbone.num_features[-1]
+        dim = backbone.num_features
         head = DINOHead(dim, cfg.dino.out_dim, hidden_dim=cfg.dino.hidden_dim,
                         bottleneck_dim=cfg.dino.bottleneck_dim, norm_last_layer=cfg.dino.norm_last_layer)
         part_head = (DINOHead(dim, cfg.semantic.num_parts + 1, nlayers=cfg.semantic.part_head_layers,

@@ -280,7 +280,7 @@ def test_timm_imagenet_weights_match_timm_forward():
     assert report.ignored == ["head.fc.weight", "head.fc.bias"]
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        maps = ours.forward_features(x)
+        maps = ours.forward_intermediates(x)
         inter = ref.forward_intermediates(x, intermediates_only=True, norm=False)
         last = ref.forward_features(x).permute(0, 3, 1, 2)
     for i in range(3):  # our norm_i is an identity-initialised LayerNorm; timm's stage outputs are raw
