@@ -82,7 +82,7 @@ def sizes(tiny: bool) -> dict:
 def networks(s: dict, semantic: bool, compile_: bool, device: torch.device):
     def net(part: bool) -> MultiCropNet:
         backbone = build_swin(s["arch"], img_size=s["img"], drop_path_rate=0.1 if part else 0.0)
-        dim = backbone.num_features[-1]
+        dim = backbone.num_features
         head = DINOHead(dim, s["out_dim"], hidden_dim=s["hidden"], bottleneck_dim=s["bottleneck"])
         part_head = (
             DINOHead(dim, 4, nlayers=3, hidden_dim=s["hidden"], bottleneck_dim=s["bottleneck"])

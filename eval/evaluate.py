@@ -44,7 +44,7 @@ from eval.plots import (
     worst_queries,
 )
 from eval.rerank import k_reciprocal_rerank_features
-from solider.checkpoint import BACKBONE_PREFIXES, infer_arch, load_backbone_weights, safe_load
+from solider.checkpoint import CheckpointError, safe_load
 from solider.checkpoint_bounds import check_declared_size
 from solider.config import build_arg_parser, config_from_args, opt, save_config, section, to_dict
 from solider.data.datasets import ReIDImageDataset
@@ -52,6 +52,7 @@ from solider.data.image_check import check_evaluation_images
 from solider.data.market import read_reid_dataset
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_reid_test_transform
 from solider.models.swin import build_swin
+from solider.models.swin_weights import find_swin_backbone, infer_arch, load_backbone_weights
 from solider.utils.cli import parse_args, run_entry
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.output_dir import check_existing_results, check_output_files
@@ -129,16 +130,13 @@ class EvalConfig:
 
 # ------------------------------------------------------------------------------- the model
 
-def _checkpoint_arch(obj: Any) -> dict | None:
-    """{embed_dim, depths, num_heads, window_size} read off a checkpoint's backbone weights."""
-    if not isinstance(obj, dict):
+def _checkpoint_arch(obj: Any, source: str) -> dict | None:
+    """{embed_dim, depths, num_heads, window_size} read off a checkpoint's backbone weights (found
+    as :func:`load_backbone_weights` finds them), or None."""
+    try:
+        return infer_arch(find_swin_backbone(obj, source)[0]) if obj is not None else None
+    except CheckpointError:  # no Swin in it: the load below says so, with the file's name
         return None
-    sd = next((obj[k] for k in ("teacher", "state_dict", "model") if isinstance(obj.get(k), dict)), obj)
-    sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
-    for prefix in BACKBONE_PREFIXES:
-        if f"{prefix}patch_embed.projection.weight" in sd:
-            return infer_arch({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
-    return None
 
 
 def _pick(*values: Any) -> Any:
@@ -199,7 +197,7 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
         dims = to_dict(m) if m.arch == "custom" else ck_model
         arch = {k: dims[k] for k in ("embed_dim", "depths", "num_heads", "window_size")}
     elif arch == "auto":
-        arch = _checkpoint_arch(obj) or "swin_tiny"
+        arch = _checkpoint_arch(obj, cfg.model.source) or "swin_tiny"
     img_size = tuple(_pick(m.img_size, ck_model.get("img_size"), (256, 128)))
     weight = float(_pick(m.semantic_weight, ck_model.get("semantic_weight"), 0.2))
     if obj is not None:  # architecture numbers from the file: bounded by what it stores

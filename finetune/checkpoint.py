@@ -1,5 +1,6 @@
-"""Fine-tuning weights: the model from a config, ``--init`` loading, and rebuilding a fine-tuned model
-from its checkpoint file alone (for evaluation, export and inference).
+"""Fine-tuning weights: ``--init`` loading, and rebuilding a fine-tuned model from its checkpoint file
+alone (for evaluation, export and inference). The model a config describes is
+:func:`finetune.model.build_model`.
 
 A fine-tuned checkpoint (``checkpoints/{last,best}.pt``) is a dict of tensors and plain values:
 ``model`` (state dict: ``backbone.*``, ``reduction.weight``, ``bnneck.*``, ``classifier.weight``),
@@ -19,32 +20,24 @@ import torch
 from timm.models.resnet import ResNet
 
 from finetune.config import FinetuneConfig
-from finetune.model import ReIDModel, build_backbone
+from finetune.model import ReIDModel, build_model
 from finetune.resnet import is_resnet, load_resnet_weights
-from solider.checkpoint import CheckpointError, LoadReport, load_backbone_weights, safe_load
+from solider.checkpoint import CheckpointError, safe_load
 from solider.checkpoint_bounds import check_declared_size
 from solider.config import config_from_dict
+from solider.models.swin_weights import load_backbone_weights
+from solider.models.weights import LoadReport, checkpoint_state_dict
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["KIND", "build_model", "InitReport", "initialize_model", "load_finetuned", "preprocessing"]
+__all__ = ["KIND", "InitReport", "initialize_model", "load_finetuned", "preprocessing"]
 
 KIND = "reid_finetune"
 # Our head modules and the names other ReID code bases give them (SOLIDER-REID, TAO), in order.
 HEAD_ALIASES = {"reduction": ("reduction", "fcneck", "model.fcneck"),
                 "bnneck": ("bnneck", "bottleneck", "model.bottleneck"),
                 "classifier": ("classifier", "model.classifier")}
-
-
-def build_model(cfg: FinetuneConfig, num_classes: int) -> ReIDModel:
-    """The ReID model a config describes (random weights)."""
-    m = cfg.model
-    backbone = build_backbone(m.arch_spec(), img_size=m.img_size, semantic_weight=m.semantic_weight,
-                              drop_path_rate=m.drop_path_rate, use_checkpoint=m.use_checkpoint,
-                              last_stride=m.last_stride)
-    return ReIDModel(backbone, num_classes, reduction_dim=m.reduction_dim, neck_feat=m.neck_feat,
-                     test_norm=m.test_norm)
 
 
 @dataclass
@@ -69,15 +62,7 @@ def _reid_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     the file itself), wrapper prefixes removed; empty for pretraining checkpoints."""
     if not isinstance(obj, dict) or "teacher" in obj or "student" in obj:
         return {}
-    sd = obj.get("model", obj.get("state_dict", obj))
-    if not isinstance(sd, dict):
-        return {}
-    out = {}
-    for key, value in sd.items():
-        while key.startswith(("module.", "_orig_mod.")):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
+    return checkpoint_state_dict(obj)[0]
 
 
 def _load_head(model: ReIDModel, sd: dict[str, torch.Tensor], report: InitReport) -> None:
@@ -107,7 +92,7 @@ def _load_head(model: ReIDModel, sd: dict[str, torch.Tensor], report: InitReport
 def initialize_model(model: ReIDModel, path: str | os.PathLike, source: str = "teacher") -> InitReport:
     """Load ``--init`` weights into ``model`` and return (and log) what was loaded.
 
-    The backbone goes through :func:`solider.checkpoint.load_backbone_weights` (Swin) or
+    The backbone goes through :func:`solider.models.swin_weights.load_backbone_weights` (Swin) or
     :func:`finetune.resnet.load_resnet_weights` (ResNet: timm / torchvision ImageNet state dicts,
     ``fc`` ignored), both strict: an architecture mismatch raises a clear error. From ReID
     checkpoints (ours, SOLIDER-REID, BoT, TAO) the reduction, BNNeck and classifier are loaded too

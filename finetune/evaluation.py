@@ -21,6 +21,7 @@ from torch import nn
 from eval.features import extract_features, pairwise_distance
 from eval.metrics import evaluate_features, evaluate_rank
 from eval.rerank import k_reciprocal_rerank_features
+from solider.utils.atomic import atomic_write
 from solider.utils.visualize import ranked_grid
 
 __all__ = ["rank_metrics", "evaluate_model", "write_metrics", "best_entry"]
@@ -111,7 +112,6 @@ def write_metrics(path: str | os.PathLike, history: list[dict], extra: dict | No
     path = Path(path)
     payload = {"final": history[-1] if history else None, "best": best_entry(history), "history": history,
                **(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
     return path

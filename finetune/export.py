@@ -41,6 +41,7 @@ from torch import nn
 
 from finetune.checkpoint import load_finetuned, preprocessing
 from finetune.model import Embedder
+from solider.utils.atomic import atomic_write
 from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, setup_logging
 from solider.utils.output_dir import check_output_files
@@ -72,11 +73,9 @@ def export_onnx(embedder: nn.Module, path: str | os.PathLike, img_size: tuple[in
     about 8x faster to export than ``dynamo=True`` (docs/BACKBONE.md).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = _HalfCompute(embedder) if fp16 else embedder
     dummy = torch.randn(2, 3, *img_size)
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_write(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         # The tracer warns that the padding amounts become constants: they depend on H and W only,
         # which the graph fixes by design (only the batch axis is dynamic).
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -84,7 +83,6 @@ def export_onnx(embedder: nn.Module, path: str | os.PathLike, img_size: tuple[in
         torch.onnx.export(module.eval(), (dummy,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["input"], output_names=["embedding"],
                           dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
-    os.replace(tmp, path)
     return path
 
 
@@ -115,13 +113,12 @@ def save_inference_weights(embedder: Embedder, path: str | os.PathLike, meta: di
     state = {k: v.detach().cpu().contiguous() for k, v in embedder.model.state_dict().items()
              if not k.startswith("classifier.")}
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"preprocessing": json.dumps(meta), "format": "pt"})
-    # safetensors creates its file private (0600); give it the mode every other output has (0666 & ~umask)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={"preprocessing": json.dumps(meta), "format": "pt"})
+        # safetensors creates its file private (0600); give it the mode every other output has
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
     return path
 
 

@@ -52,6 +52,7 @@ from finetune.checkpoint import load_finetuned
 from solider.data.images import ImageDecodeError, is_image_file, load_image_tensor
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import list_images
+from solider.utils.atomic import atomic_write
 from solider.utils.cli import UserError, reject_overrides, run_entry
 from solider.utils.logging import get_logger, log_skipped, setup_logging
 from solider.utils.output_dir import check_output_files
@@ -260,16 +261,6 @@ def _sidecar(out: Path, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
 
-def _temp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _temp_for(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _path_bytes(path: str) -> bytes:
     """A path as the bytes the file system holds: names that are not UTF-8 arrive as surrogate
     escapes (``os.fsdecode``) and leave as their original bytes."""
@@ -294,7 +285,8 @@ def write_embeddings(out: str | os.PathLike, paths: list[str], embeddings: np.nd
     if out.suffix == ".json":
         rows = ('{"img_path": ' + json.dumps(p) + ', "embedding": ['
                 + ",".join(format(v, ".9g") for v in e.tolist()) + "]}" for p, e in zip(paths, embeddings))
-        _atomic_write_bytes(out, ("[\n" + ",\n".join(rows) + "\n]\n").encode("ascii"))  # json.dumps: ASCII
+        with atomic_write(out) as tmp:
+            tmp.write_bytes(("[\n" + ",\n".join(rows) + "\n]\n").encode("ascii"))  # json.dumps: ASCII
         return [out]
     if out.suffix == ".npy":
         if any("\n" in p or "\r" in p for p in paths):
@@ -305,15 +297,10 @@ def write_embeddings(out: str | os.PathLike, paths: list[str], embeddings: np.nd
         array = buffer.getvalue()
         text = SET_HEADER + hashlib.sha256(array).hexdigest().encode() + b"\n" + \
             b"".join(_path_bytes(p) + b"\n" for p in paths)
-        temps = [_temp_for(out), _temp_for(names)]
-        try:
-            temps[0].write_bytes(array)
-            temps[1].write_bytes(text)
-            os.replace(temps[1], names)
-            os.replace(temps[0], out)
-        finally:
-            for tmp in temps:
-                tmp.unlink(missing_ok=True)
+        # Both files are complete before either takes its name; the inner block renames first.
+        with atomic_write(out) as tmp_array, atomic_write(names) as tmp_names:
+            tmp_array.write_bytes(array)
+            tmp_names.write_bytes(text)
         return [out, names]
     raise UserError(f"--out {out}: expected a file name ending in .json or .npy")
 
@@ -398,8 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
     files = write_embeddings(args.out, result.paths, result.embeddings)
     skipped_file = _sidecar(Path(args.out), ".skipped.txt")
     if result.skipped:
-        _atomic_write_bytes(skipped_file, b"".join(_path_bytes(p) + b"\t" + r.encode("utf-8", "replace")
-                                                   + b"\n" for p, r in result.skipped))
+        with atomic_write(skipped_file) as tmp:
+            tmp.write_bytes(b"".join(_path_bytes(p) + b"\t" + r.encode("utf-8", "replace") + b"\n"
+                                     for p, r in result.skipped))
     elif skipped_file.exists():
         skipped_file.unlink()  # a stale list from an earlier run would mislead
     # a file name that is not UTF-8 is printed with \udcXX escapes rather than failing at the very end

@@ -9,14 +9,14 @@ Training uses ``logits`` (ID loss) and ``feat`` (triplet / center loss, pre-BN);
 (:meth:`ReIDModel.embed`) is ``feat`` ("before", SOLIDER-REID) or ``bn_feat`` ("after", BoT, TAO),
 optionally L2-normalised. Export and evaluation both call ``embed``.
 
-The backbone contract is all the neck needs: a module mapping (B, 3, H, W) images to (B, C)
-features, with a ``num_features`` attribute (an int, or a per-stage list whose last entry is C, as
-our Swin has). :func:`build_backbone` gives the SOLIDER Swin or, for ``resnet18 ... resnet152``, a
-timm ResNet with last stride 1 (:mod:`finetune.resnet`).
+The backbone contract is all the neck needs (timm's): a module mapping (B, 3, H, W) images to (B, C)
+features, with ``num_features = C`` (an int). :func:`build_backbone` gives the SOLIDER Swin or, for
+``resnet18 ... resnet152``, a timm ResNet with last stride 1 (:mod:`finetune.resnet`);
+:func:`build_model` the whole model a config describes.
 
 State-dict keys: ``backbone.<swin or timm ResNet keys>``, ``reduction.weight``, ``bnneck.{weight,
 bias, running_mean, running_var, num_batches_tracked}``, ``classifier.weight``, so
-``solider.checkpoint.load_backbone_weights`` (Swin) and ``finetune.resnet.load_resnet_weights``
+``solider.models.swin_weights.load_backbone_weights`` (Swin) and ``finetune.resnet.load_resnet_weights``
 read fine-tuned checkpoints too.
 """
 
@@ -28,13 +28,15 @@ from typing import Any, NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from finetune.config import FinetuneConfig
 from finetune.resnet import build_resnet, is_resnet
 from solider.models.swin import build_swin
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["ReIDOutput", "ReIDModel", "Embedder", "backbone_dim", "build_backbone", "NECK_FEATS"]
+__all__ = ["ReIDOutput", "ReIDModel", "Embedder", "backbone_dim", "build_backbone", "build_model",
+           "NECK_FEATS"]
 
 NECK_FEATS = ("before", "after")
 
@@ -46,15 +48,12 @@ class ReIDOutput(NamedTuple):
 
 
 def backbone_dim(backbone: nn.Module) -> int:
-    """C of a backbone's (B, C) output, from its ``num_features`` (int, or a list: the last entry)."""
+    """C of a backbone's (B, C) output: its ``num_features``."""
     dims = getattr(backbone, "num_features", None)
-    if isinstance(dims, Sequence) and dims:
-        return int(dims[-1])
-    if isinstance(dims, int):
+    if isinstance(dims, int) and not isinstance(dims, bool):
         return dims
     raise TypeError(f"{type(backbone).__name__} has no usable num_features ({dims!r}): the backbone "
-                    "contract is a module mapping images to (B, C) with num_features = C (or a list "
-                    "ending in C)")
+                    "contract is a module mapping images to (B, C) with num_features = C (an int)")
 
 
 def build_backbone(arch: str | Mapping[str, Any], img_size: Sequence[int] = (256, 128),
@@ -63,8 +62,9 @@ def build_backbone(arch: str | Mapping[str, Any], img_size: Sequence[int] = (256
     """The fine-tuning backbone: a SOLIDER Swin with λ fixed and its controller frozen, or a ResNet.
 
     Swin: as in SOLIDER-REID and TAO, λ is a constructor constant (0.2 for ReID; negative: no
-    controller) and ``semantic_embed_*`` is not trained. ``norm0..norm{n-2}`` are frozen too: the
-    pooled feature never reaches them, and frozen they keep DDP free of unused parameters.
+    controller) and ``semantic_embed_*`` is not trained. What the pooled feature never reaches
+    (``SwinTransformer.unused_parameters``: norm0..norm{n-2}) is frozen too, which keeps DDP free
+    of unused parameters.
 
     ResNet (``resnet18`` ... ``resnet152``, :func:`finetune.resnet.build_resnet`): timm's, last
     stride ``last_stride``, average pooled. It has no semantic controller: a λ >= 0 is ignored
@@ -88,9 +88,9 @@ def build_backbone(arch: str | Mapping[str, Any], img_size: Sequence[int] = (256
         raise ValueError(f"last_stride={last_stride} applies to ResNets only; a Swin takes 1")
     backbone = build_swin(arch, img_size=img_size, semantic_weight=semantic_weight,
                           drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)
-    unused = tuple(f"norm{i}." for i in range(len(backbone.stages) - 1))
+    unused = set(backbone.unused_parameters())
     for name, param in backbone.named_parameters():
-        if name.startswith("semantic_embed_") or name.startswith(unused):
+        if name.startswith("semantic_embed_") or name in unused:
             param.requires_grad_(False)
     return backbone
 
@@ -143,6 +143,16 @@ class ReIDModel(nn.Module):
         out = self.forward(images)
         feat = out.bn_feat if self.neck_feat == "after" else out.feat
         return F.normalize(feat, dim=1) if self.test_norm else feat
+
+
+def build_model(cfg: FinetuneConfig, num_classes: int) -> ReIDModel:
+    """The ReID model a config describes (random weights)."""
+    m = cfg.model
+    backbone = build_backbone(m.arch_spec(), img_size=m.img_size, semantic_weight=m.semantic_weight,
+                              drop_path_rate=m.drop_path_rate, use_checkpoint=m.use_checkpoint,
+                              last_stride=m.last_stride)
+    return ReIDModel(backbone, num_classes, reduction_dim=m.reduction_dim, neck_feat=m.neck_feat,
+                     test_norm=m.test_norm)
 
 
 class Embedder(nn.Module):

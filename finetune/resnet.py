@@ -34,7 +34,15 @@ import timm
 from timm.models.resnet import ResNet
 from torch import Tensor, nn
 
-from solider.checkpoint import CheckpointError, LoadReport
+from solider.checkpoint import CheckpointError
+from solider.models.weights import (
+    BACKBONE_PREFIXES,
+    WRAPPER_PREFIXES,
+    LoadReport,
+    checkpoint_state_dict,
+    clean_state_dict,
+    find_prefix,
+)
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -47,9 +55,6 @@ RESNET_LAYOUTS = {"resnet18": ((2, 2, 2, 2), "basic"), "resnet34": ((3, 4, 6, 3)
                   "resnet50": ((3, 4, 6, 3), "bottleneck"), "resnet101": ((3, 4, 23, 3), "bottleneck"),
                   "resnet152": ((3, 8, 36, 3), "bottleneck")}
 RESNET_ARCHS = tuple(RESNET_LAYOUTS)
-# Where ReID code bases keep the backbone: ours, TAO, BoT / SOLIDER-REID, a bare state dict.
-PREFIXES = ("backbone.", "model.base.", "base.", "")
-_WRAPPERS = ("module.", "_orig_mod.")
 
 
 def is_resnet(arch: Any) -> bool:
@@ -117,7 +122,7 @@ def resnet_layout(state_dict: Mapping[str, Any]) -> str:
 
 @dataclass
 class ResNetLoadReport(LoadReport):
-    """:class:`~solider.checkpoint.LoadReport` of a ResNet load; always states the three counts."""
+    """:class:`~solider.models.weights.LoadReport` of a ResNet load; always states the three counts."""
 
     total: int = 0  # tensors in the model's backbone state dict
 
@@ -145,39 +150,27 @@ def _examples(keys: list[str], show: int = 4) -> str:
 
 def _state_dict(obj: Any, source: str, name: str) -> tuple[dict[str, Any], str]:
     """The state dict inside a file (``state_dict`` / ``model`` / bare), wrapper prefixes removed."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{name}: expected a dict checkpoint, got {type(obj).__name__}")
-    if source == "student" or "teacher" in obj or "student" in obj:
+    if isinstance(obj, Mapping) and (source == "student" or "teacher" in obj or "student" in obj):
         raise CheckpointError(f"{name}: a pretraining checkpoint (teacher/student) holds a Swin, not a "
                               "ResNet; start a ResNet from ImageNet weights (timm / torchvision state "
                               "dict) or from a fine-tuned ResNet checkpoint")
-    layout = "bare state dict"
-    for key in ("state_dict", "model"):
-        if isinstance(obj.get(key), Mapping):
-            obj, layout = obj[key], f"'{key}' entry"
-            break
-    out = {}
-    for key, value in obj.items():
-        while key.startswith(_WRAPPERS):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out, layout
+    return checkpoint_state_dict(obj, name=name)
 
 
 def _find_backbone(sd: dict[str, Any], layout: str, name: str) -> tuple[dict[str, Tensor], list[str], str]:
     """(backbone tensors without prefix, ignored keys, layout description)."""
-    for prefix in PREFIXES:
-        if f"{prefix}conv1.weight" in sd and f"{prefix}layer1.0.conv1.weight" in sd:
-            inside = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            ignored = [k for k in sd if not k.startswith(prefix)]
-            ignored += [prefix + k for k in inside if k.startswith("fc.")]  # the ImageNet classifier
-            backbone = {k: v for k, v in inside.items() if not k.startswith("fc.") and isinstance(v, Tensor)}
-            where = f", backbone under '{prefix}'" if prefix else ""
-            return backbone, ignored, f"{resnet_layout(backbone)} ({layout}{where})"
-    swin = "this file holds a Swin; " if any("patch_embed." in k or "stages." in k for k in sd) else ""
-    raise CheckpointError(f"{name}: no ResNet backbone found ({layout}): expected 'conv1.weight' and "
-                          f"'layer1.0.conv1.weight' under one of the prefixes {PREFIXES} (after removing "
-                          f"{_WRAPPERS}); {swin}first keys: {list(sd)[:5]}")
+    prefix = find_prefix(sd, "conv1.weight", "layer1.0.conv1.weight")
+    if prefix is None:
+        swin = "this file holds a Swin; " if any("patch_embed." in k or "stages." in k for k in sd) else ""
+        raise CheckpointError(f"{name}: no ResNet backbone found ({layout}): expected 'conv1.weight' and "
+                              f"'layer1.0.conv1.weight' under one of the prefixes {BACKBONE_PREFIXES} "
+                              f"(after removing {WRAPPER_PREFIXES}); {swin}first keys: {list(sd)[:5]}")
+    inside = clean_state_dict(sd, prefix)
+    ignored = [k for k in sd if not k.startswith(prefix)]
+    ignored += [prefix + k for k in inside if k.startswith("fc.")]  # the ImageNet classifier
+    backbone = {k: v for k, v in inside.items() if not k.startswith("fc.") and isinstance(v, Tensor)}
+    where = f", backbone under '{prefix}'" if prefix else ""
+    return backbone, ignored, f"{resnet_layout(backbone)} ({layout}{where})"
 
 
 def load_resnet_weights(model: nn.Module, obj: Mapping[str, Any], name: str = "<state dict>",

@@ -31,6 +31,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from solider.utils.atomic import atomic_write
+
 __all__ = [
     "ConfigError",
     "opt",
@@ -369,10 +371,8 @@ def to_dict(cfg: Any) -> dict:
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically), loadable again with :func:`load_config`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
 
 

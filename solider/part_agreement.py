@@ -117,7 +117,7 @@ def measure(root: Path, teacher: MultiCropNet, cfg: PretrainConfig, split: str =
                                                num_parts=3)
     cl_labels, cl_valid = [], []
     for i in range(0, len(images), batch_size):
-        fmap = teacher.last_map(torch.stack(images[i:i + batch_size]), 1.0).float()
+        fmap = teacher.backbone.forward_features(torch.stack(images[i:i + batch_size]), 1.0).float()
         labels, valid = cluster_part_labels(fmap, num_parts=3, min_foreground=cfg.semantic.min_foreground)
         cl_labels.append(labels)
         cl_valid.append(valid)

@@ -25,7 +25,7 @@ from accelerate.utils import gather_object
 from torch import nn
 from tqdm import tqdm
 
-from solider.checkpoint import load_backbone_weights, safe_load
+from solider.checkpoint import safe_load
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
 from solider.data.multicrop import MultiCropTransform
 from solider.data.photometric import blur_sigma_for
@@ -35,6 +35,8 @@ from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
 from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
+from solider.models.swin_weights import load_backbone_weights
+from solider.models.weights import clean_state_dict
 from solider.optim import adamw, clip_gradients, ema_update_, param_groups, set_optimizer_values
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_data import (
@@ -77,7 +79,7 @@ def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
     def net(drop_path: float, with_part_head: bool) -> MultiCropNet:
         backbone = build_swin(cfg.model.arch_spec(), img_size=cfg.model.img_size, semantic_weight=0.0,
                               drop_path_rate=drop_path, use_checkpoint=cfg.model.use_checkpoint)
-        dim = backbone.num_features[-1]
+        dim = backbone.num_features
         head = DINOHead(dim, cfg.dino.out_dim, hidden_dim=cfg.dino.hidden_dim,
                         bottleneck_dim=cfg.dino.bottleneck_dim, norm_last_layer=cfg.dino.norm_last_layer)
         part_head = (DINOHead(dim, cfg.semantic.num_parts + 1, nlayers=cfg.semantic.part_head_layers,
@@ -106,9 +108,8 @@ def init_from_checkpoint(student: MultiCropNet, teacher: MultiCropNet, path: str
     """
     state = safe_load(path)
     if isinstance(state, dict) and "teacher" in state and "student" in state:
-        strip = lambda sd: {k.removeprefix("module."): v for k, v in sd.items()}  # noqa: E731
-        teacher.load_state_dict(strip(state["teacher"]))
-        missing, unexpected = student.load_state_dict(strip(state["student"]), strict=False)
+        teacher.load_state_dict(clean_state_dict(state["teacher"]))
+        missing, unexpected = student.load_state_dict(clean_state_dict(state["student"]), strict=False)
         if unexpected or any(not k.startswith("part_head.") for k in missing):
             raise UserError(f"init={path}: student weights do not fit (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")

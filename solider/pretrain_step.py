@@ -107,7 +107,7 @@ def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet,
     from_clusters = None
     need_clusters = from_kpts is None or not bool(from_kpts[1].all())
     if settings.label_source != "keypoints" and need_clusters:
-        fmap = teacher.last_map(globals_, 1.0).float()
+        fmap = teacher.backbone.forward_features(globals_, 1.0).float()
         from_clusters = cluster_part_labels(fmap, num_parts=settings.num_parts,
                                             min_foreground=settings.min_foreground)
     if from_kpts is None and from_clusters is None:  # label_source="keypoints" and none in the batch

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from solider.data.unlabeled import ImageEntry, UnlabeledIndex, index_unlabeled_images
+from solider.utils.atomic import atomic_write
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -97,16 +98,13 @@ def save_index(index: UnlabeledIndex, fingerprint: str, path: Path) -> None:
             "count": len(rel),
         }
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f,
             meta=np.frombuffer(meta.encode(), dtype=np.uint8),
             paths=np.frombuffer(blob, dtype=np.uint8),
             sizes=sizes.reshape(-1, 2),
         )
-    os.replace(tmp, path)
 
 
 def load_index(path: Path, fingerprint: str | None = None) -> UnlabeledIndex | None:

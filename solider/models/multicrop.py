@@ -1,8 +1,8 @@
 """Student / teacher networks of SOLIDER pretraining: Swin backbone + DINO head (+ part head).
 
 State-dict keys are ``backbone.*``, ``head.*`` and, for the student, ``part_head.*``: the layout of
-the official teacher checkpoints, so ``solider.checkpoint.load_backbone_weights`` and the official
-tools read ours.
+the official teacher checkpoints, so ``solider.models.swin_weights.load_backbone_weights`` and the
+official tools read ours.
 """
 
 from __future__ import annotations
@@ -47,12 +47,6 @@ class MultiCropNet(nn.Module):
         self.head = head
         self.part_head = part_head
 
-    def last_map(self, images: Tensor, semantic_weight: float | Tensor | None) -> Tensor:
-        """Normalised last-stage map (B, C, h, w) without computing the unused output norms."""
-        last = self.backbone.forward_stages(images, semantic_weight)[-1]
-        norm = getattr(self.backbone, f"norm{len(self.backbone.stages) - 1}")
-        return norm(last).permute(0, 3, 1, 2)
-
     def forward(self, crops: Sequence[Tensor], semantic_weights: Sequence[Tensor | float],
                 part_index: Tensor | None = None) -> MultiCropOutput:
         """
@@ -66,7 +60,7 @@ class MultiCropNet(nn.Module):
         for images, lam in zip(crops, semantic_weights):
             if images.shape[0] == 0:
                 continue
-            fmap = self.last_map(images, lam)
+            fmap = self.backbone.forward_features(images, lam)  # (N_i, C, h, w)
             if first_map is None:
                 first_map = fmap
             pooled.append(fmap.mean(dim=(2, 3)))
@@ -82,17 +76,13 @@ class MultiCropNet(nn.Module):
 def freeze_unused_parameters(net: MultiCropNet) -> list[str]:
     """Freeze parameters that cannot affect the pretraining losses; returns their names.
 
-    Only the last stage's output norm is used, and the last controller pair modulates nothing, so
-    ``norm0..norm{n-2}`` and ``semantic_embed_{w,b}.{n-1}`` never get a gradient. Freezing them keeps
-    DDP free of ``find_unused_parameters`` (the official code pays for it) and leaves them at their
-    initial values, as they stay in the official training too.
+    The heads see only the final map, so what the backbone does not use for it
+    (:meth:`~solider.models.swin.SwinTransformer.unused_parameters`) never gets a gradient.
+    Freezing keeps DDP free of ``find_unused_parameters`` (the official code pays for it) and leaves
+    those parameters at their initial values, as they stay in the official training too.
     """
-    n = len(net.backbone.stages)
-    prefixes = [f"backbone.norm{i}." for i in range(n - 1)]
-    prefixes += [f"backbone.semantic_embed_w.{n - 1}.", f"backbone.semantic_embed_b.{n - 1}."]
-    frozen = []
-    for name, param in net.named_parameters():
-        if any(name.startswith(p) for p in prefixes):
-            param.requires_grad_(False)
-            frozen.append(name)
+    frozen = [f"backbone.{name}" for name in net.backbone.unused_parameters()]
+    params = dict(net.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
     return frozen

@@ -284,7 +284,10 @@ def _as_lambda_vector(lam: float | Tensor, like: Tensor) -> Tensor:
 
 
 class SwinTransformer(nn.Module):
-    """Swin backbone returning four normalised stage maps, with the SOLIDER semantic controller.
+    """Swin backbone with the SOLIDER semantic controller, in timm's backbone contract.
+
+    ``forward`` pools the final normalised map to (B, num_features); ``forward_features`` returns that
+    map, ``forward_intermediates`` the four normalised stage maps (widths ``stage_dims``).
 
     Args:
         embed_dim: channels of stage 0 (doubling each stage).
@@ -321,24 +324,25 @@ class SwinTransformer(nn.Module):
         self.img_size = tuple(img_size)
         self.semantic_weight = float(semantic_weight)
         n = len(depths)
-        self.num_features = [embed_dim * 2**i for i in range(n)]
+        self.stage_dims = [embed_dim * 2**i for i in range(n)]
+        self.num_features = self.stage_dims[-1]  # C of the pooled feature and the final map (timm's name)
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.drop_after_pos = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(n + 1)]
         self.stages = nn.ModuleList(
-            SwinStage(self.num_features[i], depths[i], num_heads[i], window_size,
+            SwinStage(self.stage_dims[i], depths[i], num_heads[i], window_size,
                       dpr[starts[i]:starts[i + 1]], downsample=i < n - 1, mlp_ratio=mlp_ratio,
                       qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate)
             for i in range(n))
-        for i, dim in enumerate(self.num_features):
+        for i, dim in enumerate(self.stage_dims):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
         self.semantic_embed_w: nn.ModuleList | None = None
         self.semantic_embed_b: nn.ModuleList | None = None
         if self.semantic_weight >= 0:
             # Pair i modulates the input of stage i+1; the last pair has no stage after it (dead; kept
             # for key parity).
-            widths = [self.num_features[min(i + 1, n - 1)] for i in range(n)]
+            widths = [self.stage_dims[min(i + 1, n - 1)] for i in range(n)]
             self.semantic_embed_w = nn.ModuleList(nn.Linear(2, c) for c in widths)
             self.semantic_embed_b = nn.ModuleList(nn.Linear(2, c) for c in widths)
         self.init_weights(weight_init)
@@ -392,27 +396,34 @@ class SwinTransformer(nn.Module):
             outs.append(out)
         return outs
 
-    def forward_features(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> list[Tensor]:
-        """Normalised stage maps.
+    def _final_tokens(self, x: Tensor, semantic_weight: float | Tensor | None) -> Tensor:
+        """The last stage's normalised output, channels last (B, H, W, C); no other norm runs."""
+        return getattr(self, f"norm{len(self.stages) - 1}")(self.forward_stages(x, semantic_weight)[-1])
 
-        Args:
-            x: (B, 3, H, W) images.
-            semantic_weight: λ as a float or a (B,) tensor (or (B, 2) already [λ, 1-λ]);
-                None uses the constructor value.
+    def forward_features(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> Tensor:
+        """The final normalised map (B, num_features, H, W) of (B, 3, H_in, W_in) images.
 
-        Returns:
-            [(B, C_i, H_i, W_i) for each stage], normalised by ``norm0..norm3``.
-        """
+        ``semantic_weight``: λ as a float or a (B,) tensor (or (B, 2) already [λ, 1-λ]); None: the
+        constructor's. Only the last output norm runs (see :meth:`unused_parameters`)."""
+        return self._final_tokens(x, semantic_weight).permute(0, 3, 1, 2)
+
+    def forward_intermediates(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> list[Tensor]:
+        """The four normalised stage maps [(B, C_i, H_i, W_i)] (``norm0..norm3``), for dense tasks."""
         outs = self.forward_stages(x, semantic_weight)
         return [getattr(self, f"norm{i}")(o).permute(0, 3, 1, 2).contiguous() for i, o in enumerate(outs)]
 
     def forward(self, x: Tensor, semantic_weight: float | Tensor | None = None) -> Tensor:
-        """Average-pooled last normalised map: (B, 3, H, W) -> (B, num_features[-1]).
+        """Average-pooled final map: (B, 3, H, W) -> (B, num_features)."""
+        return self._final_tokens(x, semantic_weight).mean(dim=(1, 2))
 
-        Only the last output norm runs here, so norm0..norm2 get no gradient from this output.
-        """
-        last = self.forward_stages(x, semantic_weight)[-1]
-        return getattr(self, f"norm{len(self.stages) - 1}")(last).mean(dim=(1, 2))
+    def unused_parameters(self, intermediates: bool = False) -> list[str]:
+        """Names of the parameters no output trains (trainers freeze them, so DDP needs no
+        ``find_unused_parameters``): the last controller pair, which modulates nothing (key parity),
+        and ``norm0..norm{n-2}`` unless the maps of :meth:`forward_intermediates` are used."""
+        n = len(self.stages)
+        dead = (f"semantic_embed_w.{n - 1}.", f"semantic_embed_b.{n - 1}.")
+        dead += () if intermediates else tuple(f"norm{i}." for i in range(n - 1))
+        return [name for name, _ in self.named_parameters() if name.startswith(dead)]
 
 
 def resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -428,16 +439,6 @@ def resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:
                          f"{sorted(unknown)}; expected exactly {sorted(_ARCH_KEYS)}")
     return dict(embed_dim=int(arch["embed_dim"]), depths=tuple(int(d) for d in arch["depths"]),
                 num_heads=tuple(int(h) for h in arch["num_heads"]), window_size=int(arch["window_size"]))
-
-
-def arch_name(arch: Mapping[str, Any]) -> str:
-    """"swin_tiny" etc. for a released layout, else a compact description of the dims."""
-    dims = resolve_arch(arch)
-    for name, ref in ARCHS.items():
-        if dims == {**ref, "depths": tuple(ref["depths"]), "num_heads": tuple(ref["num_heads"])}:
-            return name
-    return "custom Swin (embed_dim={embed_dim}, depths={depths}, num_heads={num_heads}, " \
-           "window_size={window_size})".format(**dims)
 
 
 def build_swin(arch: str | Mapping[str, Any], img_size: Sequence[int] = (256, 128),

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.checkpoint import build_model, load_finetuned
+from finetune.checkpoint import load_finetuned
 from finetune.export import export, main
-from finetune.model import Embedder
+from finetune.model import Embedder, build_model
 
 ort = pytest.importorskip("onnxruntime")
 

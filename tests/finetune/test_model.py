@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from finetune.checkpoint import initialize_model
 from finetune.model import Embedder, ReIDModel, ReIDOutput, backbone_dim, build_backbone
-from solider.checkpoint import CheckpointError, atomic_save, load_backbone_weights
+from solider.checkpoint import CheckpointError, atomic_save
+from solider.models.swin_weights import load_backbone_weights
 
 TINY = {"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7}
 

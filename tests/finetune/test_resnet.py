@@ -14,9 +14,9 @@ import torch
 import torchvision
 import yaml
 
-from finetune.checkpoint import build_model, initialize_model, load_finetuned
+from finetune.checkpoint import initialize_model, load_finetuned
 from finetune.config import FinetuneConfig
-from finetune.model import build_backbone
+from finetune.model import build_backbone, build_model
 from finetune.resnet import RESNET_ARCHS, build_resnet, load_resnet_weights
 from finetune.run import main
 from solider.checkpoint import CheckpointError

@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from finetune.checkpoint import KIND, load_finetuned
 from finetune.model import build_backbone
 from finetune.run import main
-from solider.checkpoint import export_official, safe_load
+from solider.checkpoint import safe_load
+from solider.models.swin_weights import export_official
 from tests.finetune.conftest import ROOT, tiny_args
 
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from eval.evaluate import main as evaluate_main
-from finetune.checkpoint import KIND, build_model, initialize_model, load_finetuned
+from finetune.checkpoint import KIND, initialize_model, load_finetuned
 from finetune.config import FinetuneConfig
 from finetune.infer import main as infer_main
+from finetune.model import build_model
 from finetune.run import main as finetune_main
 from solider.checkpoint import CheckpointError, check_archive, safe_load
 from solider.config import config_from_dict, load_config, to_dict

@@ -21,8 +21,9 @@ import solider.checkpoint as checkpoint_module
 from eval.evaluate import main as evaluate_main
 from finetune.checkpoint import load_finetuned
 from finetune.run import main as finetune_main
-from solider.checkpoint import CheckpointError, atomic_save, load_backbone_weights, safe_load
+from solider.checkpoint import CheckpointError, atomic_save, safe_load
 from solider.models.swin import build_swin
+from solider.models.swin_weights import load_backbone_weights
 from solider.pretrain import main as pretrain_main
 from solider.utils.checkpointing import CheckpointManager, load_resume_state
 from solider.utils.training import NonFiniteLossError

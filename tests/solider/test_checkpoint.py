@@ -10,17 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from solider.checkpoint import (
-    CheckpointError,
-    atomic_save,
+from solider.checkpoint import CheckpointError, atomic_save, safe_load
+from solider.models.swin import build_swin
+from solider.models.swin_weights import (
     convert_imagenet_swin,
     export_official,
     infer_arch,
     load_backbone_weights,
-    safe_load,
     unfold_merge_order,
 )
-from solider.models.swin import build_swin
 from tests.reference.official_swin_keys import official_backbone_keys, read_key_list
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
@@ -282,7 +280,7 @@ def test_timm_imagenet_weights_match_timm_forward():
     assert report.ignored == ["head.fc.weight", "head.fc.bias"]
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        maps = ours.forward_features(x)
+        maps = ours.forward_intermediates(x)
         inter = ref.forward_intermediates(x, intermediates_only=True, norm=False)
         last = ref.forward_features(x).permute(0, 3, 1, 2)
     for i in range(3):  # our norm_i is an identity-initialised LayerNorm; timm's stage outputs are raw

@@ -8,9 +8,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from solider.checkpoint import export_official, load_backbone_weights, safe_load
+from solider.checkpoint import safe_load
 from solider.data.synthetic import generate_market_dataset
 from solider.models.swin import build_swin
+from solider.models.swin_weights import export_official, load_backbone_weights
 from solider.pretrain import main
 from solider.utils.training import NonFiniteLossError
 

@@ -45,10 +45,10 @@ def expected_hw(h: int, w: int) -> list[tuple[int, int]]:
 def test_tiny_dims_shapes(size):
     model = build_swin(TINY).eval()
     with torch.no_grad():
-        maps = model.forward_features(torch.randn(2, 3, *size))
+        maps = model.forward_intermediates(torch.randn(2, 3, *size))
         pooled = model(torch.randn(2, 3, *size))
-    assert model.num_features == [16, 32, 64, 128]
-    expected = [(2, c, *hw) for c, hw in zip(model.num_features, expected_hw(*size))]
+    assert model.stage_dims == [16, 32, 64, 128]
+    expected = [(2, c, *hw) for c, hw in zip(model.stage_dims, expected_hw(*size))]
     assert [tuple(m.shape) for m in maps] == expected
     assert pooled.shape == (2, 128)
 
@@ -61,7 +61,7 @@ def test_swin_tiny_shapes_at_training_sizes():
              (128, 64): [(32, 16), (16, 8), (8, 4), (4, 2)]}
     with torch.no_grad():
         for size, hws in table.items():
-            maps = model.forward_features(torch.randn(1, 3, *size))
+            maps = model.forward_intermediates(torch.randn(1, 3, *size))
             assert [tuple(m.shape[1:]) for m in maps] == [(c, *hw) for c, hw in zip([96, 192, 384, 768], hws)]
 
 
@@ -103,7 +103,7 @@ def test_matches_naive_reference(size):
     model = randomised(build_swin(TINY, semantic_weight=0.3)).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
-        ours = model.forward_features(x)
+        ours = model.forward_intermediates(x)
         ref = naive_swin(x, model.state_dict(), TINY["depths"], TINY["num_heads"], 7, 0.3)
         pooled = model(x)
     for a, b in zip(ours, ref):
@@ -115,7 +115,7 @@ def test_matches_naive_reference_without_controller():
     model = randomised(build_swin(TINY, semantic_weight=-1)).eval()
     x = torch.randn(1, 3, 64, 32)
     with torch.no_grad():
-        ours = model.forward_features(x)
+        ours = model.forward_intermediates(x)
     ref = naive_swin(x, model.state_dict(), TINY["depths"], TINY["num_heads"], 7, None)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
@@ -125,7 +125,7 @@ def test_lambda_changes_stages_1_to_3_but_not_stage_0():
     model = randomised(build_swin(TINY)).eval()
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
-        at0, at1 = model.forward_features(x, 0.0), model.forward_features(x, 1.0)
+        at0, at1 = model.forward_intermediates(x, 0.0), model.forward_intermediates(x, 1.0)
     assert torch.equal(at0[0], at1[0])
     for i in (1, 2, 3):
         assert (at0[i] - at1[i]).abs().max() > 1e-3
@@ -135,11 +135,11 @@ def test_fourth_controller_pair_has_no_effect():
     model = randomised(build_swin(TINY, semantic_weight=0.7)).eval()
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
-        before = model.forward_features(x) + [model(x)]
+        before = model.forward_intermediates(x) + [model(x)]
         for name, param in model.named_parameters():
             if name in DEAD_PAIR:
                 param.add_(50.0)
-        after = model.forward_features(x) + [model(x)]
+        after = model.forward_intermediates(x) + [model(x)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 
@@ -148,18 +148,18 @@ def test_per_sample_lambda_equals_separate_runs():
     x = torch.randn(3, 3, 64, 32)
     lams = [0.0, 0.2, 1.0]
     with torch.no_grad():
-        batched = model.forward_features(x, torch.tensor(lams))
-        as_pairs = model.forward_features(x, torch.tensor([[v, 1 - v] for v in lams]))
+        batched = model.forward_intermediates(x, torch.tensor(lams))
+        as_pairs = model.forward_intermediates(x, torch.tensor([[v, 1 - v] for v in lams]))
         for i, lam in enumerate(lams):
-            single = model.forward_features(x[i:i + 1], lam)
+            single = model.forward_intermediates(x[i:i + 1], lam)
             for a, b in zip(batched, single):
                 torch.testing.assert_close(a[i:i + 1], b, atol=1e-5, rtol=0)
         for a, b in zip(batched, as_pairs):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
-        scalar = model.forward_features(x, torch.tensor(0.2))
+        scalar = model.forward_intermediates(x, torch.tensor(0.2))
         default = build_swin(TINY, semantic_weight=0.2)
         default.load_state_dict(model.state_dict())
-        for a, b in zip(scalar, default.eval().forward_features(x)):
+        for a, b in zip(scalar, default.eval().forward_intermediates(x)):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ValueError, match="semantic_weight of shape"):
         model(x, torch.zeros(3, 3))
@@ -167,12 +167,12 @@ def test_per_sample_lambda_equals_separate_runs():
 
 def test_every_parameter_gets_a_gradient_except_the_dead_pair():
     model = randomised(build_swin(TINY)).train()
-    maps = model.forward_features(torch.randn(2, 3, 64, 32), torch.tensor([0.0, 1.0]))
+    maps = model.forward_intermediates(torch.randn(2, 3, 64, 32), torch.tensor([0.0, 1.0]))
     sum(m.sum() for m in maps).backward()
     without = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0}
     assert without == DEAD_PAIR
     plain = randomised(build_swin(TINY, semantic_weight=-1)).train()
-    sum(m.sum() for m in plain.forward_features(torch.randn(2, 3, 64, 32))).backward()
+    sum(m.sum() for m in plain.forward_intermediates(torch.randn(2, 3, 64, 32))).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in plain.parameters())
 
 
@@ -203,7 +203,7 @@ def test_gradient_checkpointing_gives_identical_outputs_and_grads():
         torch.manual_seed(0)  # same initial weights
         model = randomised(build_swin(TINY, drop_path_rate=0.3, use_checkpoint=use_checkpoint)).train()
         torch.manual_seed(1)  # same drop-path draws in both runs
-        out = model.forward_features(x, 0.5)
+        out = model.forward_intermediates(x, 0.5)
         sum(o.square().sum() for o in out).backward()
         results.append((out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
     (out_a, grad_a), (out_b, grad_b) = results
@@ -281,3 +281,39 @@ def test_shift_masks_are_cached_per_geometry_and_weights_are_not():
     with torch.no_grad():  # the bias table is a parameter: a change must show at once
         stage.blocks[1].attn.w_msa.relative_position_bias_table.add_(1.0)
     assert not torch.allclose(model(x), first)
+
+
+# ------------------------------------------------------------------- timm's backbone contract
+
+
+@pytest.mark.parametrize("semantic_weight", [0.3, -1.0])
+def test_forward_features_is_the_final_normalised_map(semantic_weight):
+    model = randomised(build_swin(TINY, semantic_weight=semantic_weight)).eval()
+    x = torch.randn(2, 3, 70, 45)
+    lam = 0.6 if semantic_weight >= 0 else None
+    with torch.no_grad():
+        final = model.forward_features(x, lam)
+        maps = model.forward_intermediates(x, lam)
+        pooled = model(x, lam)
+        ref = naive_swin(x, model.state_dict(), TINY["depths"], TINY["num_heads"], 7,
+                         lam if semantic_weight >= 0 else None)
+    assert isinstance(model.num_features, int) and model.num_features == TINY["embed_dim"] * 8
+    assert final.shape == (2, model.num_features, *expected_hw(70, 45)[-1])
+    assert len(maps) == 4 and torch.equal(final, maps[-1])  # the last intermediate, bit for bit
+    torch.testing.assert_close(final, ref[-1], atol=1e-4, rtol=0)
+    assert pooled.shape == (2, model.num_features)
+    torch.testing.assert_close(pooled, final.mean(dim=(2, 3)), atol=1e-6, rtol=0)
+
+
+def test_unused_parameters_are_exactly_those_without_a_gradient():
+    for semantic_weight in (0.2, -1.0):
+        model = randomised(build_swin(TINY, semantic_weight=semantic_weight)).train()
+        model.forward_features(torch.randn(2, 3, 64, 32)).square().sum().backward()
+        no_grad = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0}
+        dead = DEAD_PAIR if semantic_weight >= 0 else set()
+        norms = {f"norm{i}.{p}" for i in range(3) for p in ("weight", "bias")}
+        assert set(model.unused_parameters()) == no_grad == norms | dead
+        assert set(model.unused_parameters(intermediates=True)) == dead  # the maps reach every norm
+        # in registration order, so that callers freezing them log a stable list
+        names = [n for n, _ in model.named_parameters()]
+        assert model.unused_parameters() == [n for n in names if n in no_grad]
