@@ -42,38 +42,39 @@ from finetune.losses import CenterLoss, center_step
 from finetune.model import Embedder, ReIDModel
 from finetune.optim import LRSchedule, build_optimizer, param_groups, set_epoch_lr
 from finetune.step import LossWeights, metric_values, reid_step
-from solider.config import build_arg_parser, config_from_args, save_config, to_dict
+from solider.config import build_arg_parser, config_from_args, to_dict
 from solider.data.image_check import check_evaluation_images
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
-from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
+from solider.utils.checkpointing import CheckpointManager, load_resume_state, restore_objects, resume_errors
 from solider.utils.cli import parse_args, resolve_base_config, run_entry
 from solider.utils.data_agreement import check_same_data, data_fingerprint
-from solider.utils.distributed import build_accelerator
-from solider.utils.logging import get_logger, setup_logging
-from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
+from solider.utils.logging import get_logger
+from solider.utils.output_dir import releases_output_lock
 from solider.utils.preemption import Preemption
 from solider.utils.seed import seed_everything
 from solider.utils.summary import (
     EtaLogger,
     default_workers,
+    emit_summary,
     finetune_summary,
     format_summary,
     progress_enabled,
 )
 from solider.utils.tracking import RunLogger
 from solider.utils.training import (
+    RNGStates,
     broadcast_buffers,
     check_finite,
-    gather_rng_states,
+    mean_over_processes,
     peak_memory_mb,
-    restore_rng_states,
+    start_run,
 )
 from solider.utils.visualize import labelled_grid
 
+ADVICE = "Try a lower optim.lr, a longer optim.warmup_epochs, or train.mixed_precision=bf16/no."
 logger = get_logger("finetune.run")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "demo.yaml"
 OFFICIAL_CONFIG = "configs/finetune/market1501_swin_tiny.yaml"
-ADVICE = "Try a lower optim.lr, a longer optim.warmup_epochs, or train.mixed_precision=bf16/no."
 
 
 @dataclass
@@ -169,39 +170,33 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
                schedule, weights, train, loaders[0], loaders[1], num_classes)
 
 
-def checkpoint_state(cfg: FinetuneConfig, run: Run, step: int, history: list[dict]) -> dict:
-    """Everything a bit-exact resume needs, as tensors and plain values (call on every process)."""
+def train_state(cfg: FinetuneConfig, run: Run, step: int, history: list[dict]) -> dict:
+    """The checkpoint as a name -> object mapping (:mod:`solider.utils.checkpointing`): everything a
+    bit-exact resume needs. Saved with ``CheckpointManager.save`` (on every process), restored by
+    :func:`restore_state`."""
     acc = run.accelerator
     spe = run.train.steps_per_epoch if run.train is not None else 1
-    return {"model": run.unwrapped.state_dict(), "config": to_dict(cfg), "num_classes": run.num_classes,
-            "kind": KIND, "step": step, "epoch": step / spe, "optimizer": run.optimizer.state_dict(),
-            "center": run.center.state_dict() if run.center is not None else None,
-            "center_optimizer": run.center_optimizer.state_dict() if run.center is not None else None,
-            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            "rng": gather_rng_states(acc), "history": history}
+    return {"model": run.unwrapped, "config": to_dict(cfg), "num_classes": run.num_classes, "kind": KIND,
+            "step": step, "epoch": step / spe, "optimizer": run.optimizer, "center": run.center,
+            "center_optimizer": run.center_optimizer, "scaler": acc.scaler, "rng": RNGStates(acc),
+            "history": history}
 
 
-def restore_state(run: Run, state: dict) -> tuple[int, list[dict]]:
-    """Load a :func:`checkpoint_state` dict; returns (step, evaluation history).
+def restore_state(cfg: FinetuneConfig, run: Run, state: dict, path: Path) -> tuple[int, list[dict]]:
+    """Load a :func:`train_state` checkpoint from ``path``; returns (step, evaluation history).
 
     For ``--eval-only`` (no training data, no classifier) only the weights are restored.
     """
     if state.get("kind") != KIND:
         raise ValueError(f"resume: not a fine-tuning checkpoint (kind={state.get('kind')!r}, "
                          f"expected {KIND!r})")
+    step, history = int(state["step"]), list(state.get("history") or [])
     if run.train is None:
-        weights = {k: v for k, v in state["model"].items() if not k.startswith("classifier.")}
-        run.unwrapped.load_state_dict(weights)
-        return int(state["step"]), list(state.get("history") or [])
-    run.unwrapped.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.center is not None:
-        run.center.load_state_dict(state["center"])
-        run.center_optimizer.load_state_dict(state["center_optimizer"])
-    if run.accelerator.scaler is not None and state.get("scaler"):
-        run.accelerator.scaler.load_state_dict(state["scaler"])
-    restore_rng_states(state.get("rng"), run.accelerator)
-    return int(state["step"]), list(state.get("history") or [])
+        run.unwrapped.load_state_dict({k: v for k, v in state["model"].items()
+                                       if not k.startswith("classifier.")})
+    else:
+        restore_objects(state, train_state(cfg, run, step, history), path, optional=("scaler", "rng"))
+    return step, history
 
 
 def train_step(cfg: FinetuneConfig, run: Run, batch: dict, step: int) -> dict[str, torch.Tensor]:
@@ -253,7 +248,7 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
     logger.info("evaluation at step %d: mAP %.4f  Rank-1 %.4f  Rank-5 %.4f  Rank-10 %.4f  mINP %.4f", step,
                 entry["mAP"], entry["rank1"], entry["rank5"], entry["rank10"], entry["mINP"])
     if checkpoints is not None and (previous_best is None or entry["mAP"] > previous_best["mAP"]):
-        checkpoints.save_named({"model": run.unwrapped.state_dict(), "config": to_dict(cfg), "kind": KIND,
+        checkpoints.save_named({"model": run.unwrapped, "config": to_dict(cfg), "kind": KIND,
                                 "num_classes": run.num_classes, "step": step, "epoch": entry["epoch"],
                                 "metrics": entry}, "best.pt")
     return entry
@@ -261,11 +256,8 @@ def evaluate(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], trac
 
 def log_training(run: Run, tracker: RunLogger, progress: tqdm, metrics: dict, step: int, lr: float,
                  images: int, seconds: float) -> None:
-    values = metric_values(metrics)
-    keys = sorted(values)
-    reduced = run.accelerator.reduce(torch.tensor([values[k] for k in keys], device=run.accelerator.device),
-                                     "mean").tolist()
-    values = {f"train/{k}": v for k, v in zip(keys, reduced)}
+    reduced = mean_over_processes(run.accelerator, metric_values(metrics))
+    values = {f"train/{k}": v for k, v in reduced.items()}
     values.update({"train/lr": lr, "train/epoch": step / run.train.steps_per_epoch,
                    "train/images_per_s": images * run.accelerator.num_processes / max(seconds, 1e-9),
                    "train/memory_mb": peak_memory_mb(run.accelerator.device)})
@@ -301,7 +293,7 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
     elif step > 0 and _evaluation_due(cfg, step, spe, stop) and (not history or history[-1]["step"] != step):
         # resumed from the save made just before an evaluation that did not finish: do it now
         evaluate(cfg, run, step, history, tracker, checkpoints)
-        checkpoints.save(checkpoint_state(cfg, run, step, history), step)
+        checkpoints.save(train_state(cfg, run, step, history), step)
     progress = tqdm(total=stop, initial=step, disable=not progress_enabled(run.accelerator.is_main_process),
                     desc="finetune")
     eta = EtaLogger(logger, "finetune", step, stop, run.accelerator.is_main_process)
@@ -324,21 +316,21 @@ def train(cfg: FinetuneConfig, run: Run, step: int, history: list[dict], tracker
                              (step - last_log) * cfg.train.batch_size, time.perf_counter() - tic)
                 last_log, tic = step, time.perf_counter()
             if step % cfg.checkpoint.every_steps == 0:
-                checkpoints.save(checkpoint_state(cfg, run, step, history), step, periodic=True)
+                checkpoints.save(train_state(cfg, run, step, history), step, periodic=True)
             if preemption is not None and preemption.requested(run.accelerator):  # SIGTERM / SIGUSR1
-                checkpoints.save(checkpoint_state(cfg, run, step, history), step)
+                checkpoints.save(train_state(cfg, run, step, history), step)
                 preemption.exit(step, checkpoints.directory / "last.pt")
             if step >= stop:
                 break
         if _evaluation_due(cfg, step, spe, stop):
             # saved first: an evaluation that fails (a bad gallery file, no memory) loses no training
-            checkpoints.save(checkpoint_state(cfg, run, step, history), step)
+            checkpoints.save(train_state(cfg, run, step, history), step)
             evaluate(cfg, run, step, history, tracker, checkpoints)
-        checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # end of an epoch or of the run
+        checkpoints.save(train_state(cfg, run, step, history), step)  # end of an epoch or of the run
         run.accelerator.wait_for_everyone()
     progress.close()
     if step == first:  # resumed at the stop, e.g. from a periodic file after a kill inside last.pt's save
-        checkpoints.save(checkpoint_state(cfg, run, step, history), step)  # last.pt holds the final state
+        checkpoints.save(train_state(cfg, run, step, history), step)  # last.pt holds the final state
     return step
 
 
@@ -357,25 +349,13 @@ def log_summary(cfg: FinetuneConfig, args: argparse.Namespace, run: Run, step: i
     text, warning = finetune_summary(cfg, args.config_source, run.unwrapped, len(run.train.dataset),
                                      run.num_classes, str(cfg.data.root or cfg.data.cache_dir), acc.device,
                                      acc.mixed_precision, acc.num_processes, workers, spe, stop, step)
-    logger.info("%s", text)
-    if warning:
-        logger.warning("%s", warning)
+    emit_summary(logger, text, warning)
 
 
 @releases_output_lock
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_config(argv)
-    output_dir = Path(cfg.output_dir)
-    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir)  # also multi-process CPU (gloo)
-    setup_logging(accelerator.is_main_process)
-    if cfg.train.cpu_threads and accelerator.device.type == "cpu":
-        torch.set_num_threads(cfg.train.cpu_threads)
-    if accelerator.is_main_process:
-        lock_output_dir(output_dir)  # before anything is written: a second run into it stops here
-    check_existing_results(output_dir, cfg.resume, cfg.overwrite, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
+    accelerator, output_dir = start_run(cfg)  # also multi-process CPU (gloo)
     resumed = load_resume_state(cfg.resume, output_dir)
     seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # the same initial weights everywhere
     run = build_run(cfg, accelerator, args.eval_only, load_init=resumed is None)
@@ -383,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
     step, history = 0, []
     if resumed is not None:
         with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
-            step, history = restore_state(run, resumed[1])
+            step, history = restore_state(cfg, run, resumed[1], resumed[0])
         logger.info("resumed from %s at step %d", resumed[0], step)
     del resumed  # its weights and optimizer state are in the model now; do not hold a second copy
     tracker = RunLogger(accelerator, output_dir, to_dict(cfg))

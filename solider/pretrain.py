@@ -14,30 +14,28 @@ checkpoint. See docs/PRETRAINING.md.
 
 from __future__ import annotations
 
+import argparse
 import functools
-import resource
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
+from accelerate import Accelerator
 from torch import nn
-from tqdm import tqdm
 
 from solider.checkpoint import safe_load
-from solider.config import build_arg_parser, config_from_args, save_config, to_dict
+from solider.config import build_arg_parser, config_from_args, to_dict
 from solider.data.multicrop import MultiCropTransform
 from solider.data.photometric import blur_sigma_for
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.data.unlabeled import list_images
 from solider.dino import DINOLoss
-from solider.models.heads import DINOHead, cancel_last_layer_gradients
+from solider.models.heads import DINOHead
 from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
 from solider.models.swin_weights import load_backbone_weights
 from solider.models.weights import clean_state_dict
-from solider.optim import adamw, clip_gradients, ema_update_, param_groups, set_optimizer_values
+from solider.optim import adamw, param_groups
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_data import (
     build_pretrain_dataset,
@@ -46,28 +44,20 @@ from solider.pretrain_data import (
     resolve_crop_source,
     synthetic_root,
 )
-from solider.pretrain_monitor import CHARTS, run_monitor, start_values
-from solider.pretrain_step import HOST_KEYS, SemanticSettings, solider_step
+from solider.pretrain_monitor import CHARTS, run_monitor
+from solider.pretrain_run import CropData, Run, restore_state, stop_step, train
+from solider.pretrain_step import SemanticSettings
 from solider.schedules import auto_momentum, cosine_schedule, scale_lr, span_steps, teacher_movement
 from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.cli import UserError, parse_args, resolve_base_config, run_entry
 from solider.utils.data_agreement import check_same_data, data_fingerprint
-from solider.utils.distributed import build_accelerator
-from solider.utils.logging import get_logger, setup_logging
-from solider.utils.output_dir import check_existing_results, lock_output_dir, releases_output_lock
+from solider.utils.logging import get_logger
+from solider.utils.output_dir import releases_output_lock
 from solider.utils.preemption import Preemption
-from solider.utils.seed import (
-    EpochTaggedBatches,
-    PerSampleSeeded,
-    capture_rng_state,
-    loader_options,
-    restore_rng_state,
-    seed_everything,
-)
-from solider.utils.summary import EtaLogger, default_workers, pretrain_summary, progress_enabled
+from solider.utils.seed import EpochTaggedBatches, PerSampleSeeded, loader_options, seed_everything
+from solider.utils.summary import default_workers, emit_summary, pretrain_summary
 from solider.utils.tracking import RunLogger
-from solider.utils.training import FiniteWatch
-from solider.utils.visualize import part_overlay_grid
+from solider.utils.training import FiniteWatch, start_run
 
 logger = get_logger("solider.pretrain")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo.yaml"
@@ -171,62 +161,17 @@ def semantic_settings(cfg: PretrainConfig, device: torch.device | None = None) -
                             s.min_foreground, s.masking, s.loss_weight, static)
 
 
-def checkpoint_state(cfg, accelerator, student, teacher, optimizer, dino_loss, step, epoch,
-                     monitor_start: dict | None = None) -> dict:
-    """Everything a bit-exact resume needs, as tensors and plain values (DESIGN.md), and the monitor's
-    step-0 reference (so a resumed run keeps drawing it)."""
-    rng = gather_object([capture_rng_state()]) if accelerator.num_processes > 1 else [capture_rng_state()]
-    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    return {"student": accelerator.unwrap_model(student).state_dict(), "teacher": teacher.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler, "center": dino_loss.center.detach().cpu(),
-            "step": step, "epoch": epoch, "rng": rng, "config": to_dict(cfg), "kind": "solider_pretrain",
-            "monitor_start": monitor_start}
-
-
-def restore_state(state, accelerator, student, teacher, optimizer, dino_loss) -> int:
-    accelerator.unwrap_model(student).load_state_dict(state["student"])
-    teacher.load_state_dict(state["teacher"])
-    optimizer.load_state_dict(state["optimizer"])
-    if accelerator.scaler is not None and state.get("scaler"):
-        accelerator.scaler.load_state_dict(state["scaler"])
-    dino_loss.center.copy_(state["center"].to(dino_loss.center.device))
-    rng = state.get("rng") or []
-    if len(rng) == accelerator.num_processes:
-        restore_rng_state(rng[accelerator.process_index])
-    else:
-        logger.warning("checkpoint has RNG states of %d processes, this run has %d: not restored, so the "
-                       "continuation is not bit-identical", len(rng), accelerator.num_processes)
-    return int(state["step"])
-
-
-def _memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS (KiB on Linux)
-
-
-@releases_output_lock
-def main(argv: list[str] | None = None) -> dict:
+def parse_config(argv: list[str] | None) -> tuple[PretrainConfig, argparse.Namespace]:
     parser = build_arg_parser(PretrainConfig, __doc__, prog="solider/pretrain.py")
     args = parse_args(parser, argv)
     args.config_source = resolve_base_config(args, DEMO_CONFIG, OFFICIAL_CONFIG)
-    cfg = config_from_args(PretrainConfig, args)
-    output_dir = Path(cfg.output_dir)
-    # static_graph: the student uses the same parameters in every step
-    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir, static_graph=True)
-    setup_logging(accelerator.is_main_process)
-    if cfg.train.cpu_threads and accelerator.device.type == "cpu":
-        torch.set_num_threads(cfg.train.cpu_threads)
-    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
-    device, world = accelerator.device, accelerator.num_processes
-    if accelerator.is_main_process:
-        lock_output_dir(output_dir)  # before anything is written: a second run into it stops here
-    check_existing_results(output_dir, cfg.resume, cfg.overwrite, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
+    return config_from_args(PretrainConfig, args), args
 
-    # ---- data
+
+def build_data(cfg: PretrainConfig, accelerator: Accelerator) -> CropData:
+    """The crops (the synthetic set without ``data.root``) under the multi-crop transform, the sampler,
+    the loader, and on the main process the monitor's labelled split."""
+    output_dir, device, world = Path(cfg.output_dir), accelerator.device, accelerator.num_processes
     synthetic = None
     if cfg.data.root is None:
         with accelerator.main_process_first():
@@ -266,157 +211,81 @@ def main(argv: list[str] | None = None) -> dict:
     monitor_root = cfg.monitor.data_root or source.market_root
     monitor = (monitor_datasets(monitor_split(monitor_root, cfg.monitor.max_images), cfg.model.img_size,
                                 aug.mean, aug.std) if monitor_root and accelerator.is_main_process else None)
+    return CropData(source, dataset, sampler, loader, device_augment, workers, monitor)
 
-    # ---- networks, optimiser, schedules, state
+
+def build_run(cfg: PretrainConfig, accelerator: Accelerator) -> Run:
+    """Data, networks (+ init weights), optimizer, schedules and the DINO loss; the student and the
+    optimizer are prepared. Call after seeding: the initial weights come from the global RNG."""
+    device = accelerator.device
+    data = build_data(cfg, accelerator)
     student, teacher = build_networks(cfg)
-    if cfg.init:  # a resumed state below replaces these weights
+    if cfg.init:  # a resumed state replaces these weights
         init_from_checkpoint(student, teacher, cfg.init)
     seed_everything(cfg.seed + accelerator.process_index)  # per-rank streams from here (drop path)
     teacher.to(device)
     optimizer = build_optimizer(cfg, student, device)
     student, optimizer = accelerator.prepare(student, optimizer)
     unwrapped = accelerator.unwrap_model(student)
-    spe = sampler.batches_per_epoch
+    spe, world = data.sampler.batches_per_epoch, accelerator.num_processes
     sched = build_schedules(cfg, spe, cfg.train.batch_size * world)
     dino_loss = DINOLoss(cfg.dino.out_dim, 2, cfg.dino.student_temp, cfg.dino.teacher_temp,
                          cfg.dino.warmup_teacher_temp, sched["teacher_temp_warmup"], cfg.dino.center_momentum,
                          cfg.dino.centering, cfg.dino.sinkhorn_iterations).to(device)
+    monitor = None if data.monitor is None else functools.partial(
+        run_monitor, {"teacher": teacher, "student": unwrapped}, data.monitor, device, cfg.monitor.batch_size,
+        semantic_weight=monitor_semantic_weight(cfg))
+    return Run(accelerator, student, unwrapped, teacher, optimizer, dino_loss, sched,
+               semantic_settings(cfg, device), data, monitor, FiniteWatch(device))
+
+
+def log_summary(cfg: PretrainConfig, args: argparse.Namespace, run: Run, step: int) -> None:
+    """The run summary (config source, model and cost, data, device, batch, steps); a warning when the
+    run looks too big for the CPU it is on."""
+    acc, kpts = run.accelerator, run.data.dataset.dataset.keypoints
+    text, warning = pretrain_summary(
+        cfg, args.config_source, run.unwrapped, run.teacher, len(run.data.dataset), run.data.source.images,
+        None if kpts is None else sum(k is not None for k in kpts) / max(len(kpts), 1), acc.device,
+        acc.mixed_precision, acc.num_processes, run.data.workers, run.steps_per_epoch, stop_step(cfg, run),
+        step)
+    emit_summary(logger, text, warning)
+
+
+@releases_output_lock
+def main(argv: list[str] | None = None) -> dict:
+    cfg, args = parse_config(argv)
+    # static_graph: the student uses the same parameters in every step
+    accelerator, output_dir = start_run(cfg, static_graph=True)
+    seed_everything(cfg.seed, deterministic=cfg.train.deterministic)  # same initial weights on every rank
+    run = build_run(cfg, accelerator)
     checkpoints = CheckpointManager(output_dir, cfg.checkpoint.keep_last, accelerator.is_main_process)
-    step, start = 0, None
+    step = 0
     resumed = load_resume_state(cfg.resume, output_dir)
     if resumed is not None:
         with resume_errors(resumed[0], resumed[1].get("config"), to_dict(cfg)):
-            step = restore_state(resumed[1], accelerator, student, teacher, optimizer, dino_loss)
-        start = resumed[1].get("monitor_start")
+            step = restore_state(cfg, run, resumed[1], resumed[0])
         logger.info("resumed from %s at step %d", resumed[0], step)
     del resumed  # its weights and optimizer state are in the networks now; do not hold a second copy
-    first_step = step
-    stop = min(sched["total"], cfg.train.max_steps or sched["total"])
     if accelerator.is_main_process:
-        kpts = dataset.dataset.keypoints
-        text, warning = pretrain_summary(
-            cfg, args.config_source, unwrapped, teacher, len(dataset), source.images,
-            None if kpts is None else sum(k is not None for k in kpts) / max(len(kpts), 1), device,
-            accelerator.mixed_precision, world, workers, spe, stop, step)
-        logger.info("%s", text)
-        if warning:
-            logger.warning("%s", warning)
-    run = RunLogger(accelerator, output_dir, to_dict(cfg))
-    settings = semantic_settings(cfg, device)
-    finite = FiniteWatch(device)
-    advice = (f"Checkpoints: {checkpoints.directory}. Try a lower optim.lr, train.mixed_precision=bf16/no, "
-              "or dino.teacher_temp <= 0.04.")
+        log_summary(cfg, args, run, step)
+    tracker = RunLogger(accelerator, output_dir, to_dict(cfg))
     if accelerator.is_main_process:
-        logger.info("TensorBoard: tensorboard --logdir %s", run.tb_dir)
-        if monitor is not None:
-            run.layout(CHARTS)
-    networks = {"teacher": teacher, "student": unwrapped}
-    check = functools.partial(run_monitor, networks, monitor, device, cfg.monitor.batch_size,
-                              semantic_weight=monitor_semantic_weight(cfg))
-    if step == 0 and monitor is not None:
-        values = check()
-        start = start_values(values)
-        run.log({**values, **{f"eval/start/{k}": v for k, v in start.items()}}, step=0)
-    state = functools.partial(checkpoint_state, cfg, accelerator, student, teacher, optimizer, dino_loss,
-                              monitor_start=start)
-
-    # ---- loop
+        logger.info("TensorBoard: tensorboard --logdir %s", tracker.tb_dir)
+        if run.monitor is not None:
+            tracker.layout(CHARTS)
     preemption = Preemption()
-    progress = tqdm(total=stop, initial=step, disable=not progress_enabled(accelerator.is_main_process),
-                    desc="pretrain")
-    eta = EtaLogger(logger, "pretrain", step, stop, accelerator.is_main_process)
-    last_log, tic = step, time.perf_counter()
-    data_time = 0.0
-    student.train()
-    while step < stop:
-        epoch, start_batch = divmod(step, spe)
-        sampler.set_epoch(epoch, start_batch)
-        dataset.set_epoch(epoch)
-        fetch = time.perf_counter()
-        for batch in loader:
-            data_time += time.perf_counter() - fetch
-            batch = {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
-            if device_augment is not None:  # colour, blur, solarize, normalise: batched on the device
-                batch = device_augment(batch)
-            set_optimizer_values(optimizer, sched["lr"][step], sched["wd"][step])
-            with accelerator.autocast():
-                result = solider_step(batch, student, teacher, dino_loss, step, settings, cfg.seed,
-                                      cfg.dino.koleo_weight)
-            finite.observe(result.loss, step)  # read at log intervals and before checkpoints
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(result.loss)
-            if cfg.optim.clip_grad > 0:
-                accelerator.unscale_gradients()
-                clip_gradients(unwrapped, cfg.optim.clip_grad, cfg.optim.clip_mode)
-            cancel_last_layer_gradients(unwrapped.head, step, sched["freeze_last_layer"])
-            optimizer.step()
-            for name in ("backbone", "head"):  # the teacher has no part head
-                ema_update_(getattr(teacher, name), getattr(unwrapped, name), float(sched["momentum"][step]))
-            step += 1
-            progress.update(1)
-            eta.update(step)
-
-            if step % cfg.train.log_every == 0 or step == stop:
-                finite.check(accelerator, step, result.metrics, advice)
-                values = {f"train/{k}": v for k, v in result.metrics.items()}
-                keys = sorted(values)
-                reduced = accelerator.reduce(torch.tensor([float(values[k]) for k in keys], device=device),
-                                             "mean")
-                values = dict(zip(keys, reduced.tolist()))
-                elapsed = time.perf_counter() - tic
-                images = (step - last_log) * cfg.train.batch_size * world
-                values.update({"train/lr": float(sched["lr"][step - 1]),
-                               "train/weight_decay": float(sched["wd"][step - 1]),
-                               "train/momentum": float(sched["momentum"][step - 1]),
-                               "train/teacher_movement": float(sched["movement"][step - 1]),
-                               "train/images_per_s": images / elapsed,
-                               "train/data_time_share": data_time / max(elapsed, 1e-9),
-                               "train/memory_mb": _memory_mb(device), "train/epoch": step / spe})
-                run.log(values, step=step)
-                progress.set_postfix(loss=f"{values['train/loss']:.3f}")
-                last_log, tic, data_time = step, time.perf_counter(), 0.0
-            # the first batch (at its own step, 0 for a fresh run), every image_every steps, the last
-            first, periodic = step == first_step + 1, step % max(cfg.train.image_every, 1) == 0
-            if cfg.train.image_every and result.parts is not None and (first or periodic or step == stop):
-                g = batch["global_crops"][:, 0]
-                n = g.shape[0]
-                run.log_image("train/part_labels", part_overlay_grid(
-                    g, result.parts.labels[:n], result.parts.valid[:n], aug.mean, aug.std,
-                    num_parts=cfg.semantic.num_parts), step - 1 if first else step)
-            if step % cfg.checkpoint.every_steps == 0:
-                finite.check(accelerator, step, result.metrics, advice)
-                checkpoints.save(state(step, step / spe), step, periodic=True)
-            if cfg.monitor.every_steps and step % cfg.monitor.every_steps == 0 and monitor is not None:
-                run.log(check(start=start), step=step)
-            if preemption.requested(accelerator):  # SIGTERM / SIGUSR1: this step is done, keep it
-                finite.check(accelerator, step, result.metrics, advice)
-                checkpoints.save(state(step, step / spe), step)
-                preemption.exit(step, checkpoints.directory / "last.pt")
-            if step >= stop:
-                break
-            fetch = time.perf_counter()
-        if step % spe == 0 or step >= stop:  # end of an epoch, or of the run
-            finite.check(accelerator, step, result.metrics, advice)
-            checkpoints.save(state(step, step / spe), step)
-            if not cfg.monitor.every_steps and monitor is not None:
-                run.log(check(start=start), step=step)
-        accelerator.wait_for_everyone()
-    progress.close()
+    step = train(cfg, run, step, tracker, checkpoints, preemption)
     preemption.close()
-    if step == first_step:
-        # resumed at the stop (e.g. from a periodic file after a kill inside last.pt's save): make
-        # last.pt hold the final state, as an uninterrupted run leaves it
-        checkpoints.save(state(step, step / spe), step)
-    failures = dataset.load_failures
+    failures = run.data.dataset.load_failures
     if failures:
         logger.warning("%d unreadable images were replaced during training (see warnings above)", failures)
-    final = {"step": step, "checkpoint": str(checkpoints.directory / "last.pt"),
-             "tensorboard": str(run.tb_dir)}
-    run.close()
+    tracker.close()
+    result = {"step": step, "checkpoint": str(checkpoints.directory / "last.pt"),
+              "tensorboard": str(tracker.tb_dir)}
     if accelerator.is_main_process:
-        logger.info("done: checkpoint %s; TensorBoard: tensorboard --logdir %s", final["checkpoint"],
-                    final["tensorboard"])
-    return final
+        logger.info("done: checkpoint %s; TensorBoard: tensorboard --logdir %s", result["checkpoint"],
+                    result["tensorboard"])
+    return result
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Training checkpoints: ``last.pt`` + periodic ``step_XXXXXXXX.pt``, atomic writes, resume=auto.
 
-A checkpoint is a dict of tensors and plain values (see DESIGN.md, "Run outputs"). Files are
+A checkpoint is a dict of tensors and plain values (see DESIGN.md, "Run outputs"). A trainer names
+what it saves once, as a name -> object mapping (DINO's ``restart_from_checkpoint`` objects, fast-reid's
+checkpointables): :meth:`CheckpointManager.save` stores each object's state dict and each plain value
+under its name, :func:`restore_objects` loads the same mapping back in place. Files are
 written through :func:`solider.checkpoint.atomic_save` (temp file + rename), so a crash during a
 save leaves the previous files intact (and the next run removes the temporary file it left);
 ``resume=auto`` picks the newest checkpoint that loads and says which corrupt ones it passed over;
@@ -12,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from solider.checkpoint import CheckpointError, atomic_save, safe_load
 from solider.utils.logging import get_logger
@@ -60,6 +65,51 @@ def remove_stale_temp_files(directory: Path) -> list[str]:
     return [p.name for p in stale]
 
 
+def capture_state(objects: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint dict of a name -> object mapping, in the mapping's order: an object with
+    ``state_dict()`` is stored as its state dict, anything else (step, config, None for a part this run
+    lacks) as it is. Call on every process: a state may be gathered from all of them (RNG states)."""
+    return {name: obj.state_dict() if hasattr(obj, "state_dict") else obj for name, obj in objects.items()}
+
+
+def restore_objects(state: Mapping[str, Any], objects: Mapping[str, Any], path: str | os.PathLike,
+                    optional: Collection[str] = ()) -> None:
+    """Load a :func:`capture_state` dict back into the objects of the same mapping (``load_state_dict``),
+    in the mapping's order; plain values (step, history, ...) are the caller's to read from ``state``.
+
+    An object that is None (a part this run lacks, e.g. no grad scaler) is passed over. An entry the
+    checkpoint lacks (absent, or None) raises ``KeyError(name)`` with a note naming ``path`` and the
+    entries it has (:func:`resume_errors` shows both), unless it is ``optional``: that object then
+    keeps its fresh state, with a warning.
+    """
+    for name, obj in objects.items():
+        if obj is None or not hasattr(obj, "load_state_dict"):
+            continue
+        if state.get(name) is not None:
+            obj.load_state_dict(state[name])
+        elif name in optional:
+            logger.warning("checkpoint %s holds no '%s' state: this run's %s starts afresh", path, name, name)
+        else:
+            found = "it is None" if name in state else f"its entries: {sorted(state)}"
+            # a KeyError, as indexing the state raised before; the note shows under the traceback
+            error = KeyError(name)
+            error.__notes__ = [f"checkpoint {path} holds no '{name}' entry, which this run needs ({found})"]
+            raise error
+
+
+class TensorState:
+    """A bare tensor as a checkpoint entry (DINO's loss centre): saved as a CPU copy, restored in place."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def state_dict(self) -> torch.Tensor:
+        return self.tensor.detach().cpu()
+
+    def load_state_dict(self, value: torch.Tensor) -> None:
+        self.tensor.copy_(value.to(self.tensor.device))
+
+
 class CheckpointManager:
     """Writes ``<output_dir>/checkpoints/{last.pt, step_XXXXXXXX.pt}`` and keeps the newest ``keep_last``
     periodic files. Only the main process writes; call :meth:`save` on every process anyway.
@@ -75,8 +125,10 @@ class CheckpointManager:
         if is_main_process:
             remove_stale_temp_files(self.directory)
 
-    def save(self, state: dict[str, Any], step: int, periodic: bool = False) -> Path | None:
-        """Save ``state`` as last.pt (and as a periodic file when ``periodic``); prune old ones."""
+    def save(self, objects: Mapping[str, Any], step: int, periodic: bool = False) -> Path | None:
+        """Save a name -> object mapping (:func:`capture_state`) as last.pt (and as a periodic file when
+        ``periodic``); prune old ones."""
+        state = capture_state(objects)  # on every process: it may gather
         if not self.is_main:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -90,8 +142,9 @@ class CheckpointManager:
         atomic_save(state, last)
         return last
 
-    def save_named(self, state: dict[str, Any], name: str) -> Path | None:
-        """An extra named checkpoint (e.g. ``best.pt``), written atomically."""
+    def save_named(self, objects: Mapping[str, Any], name: str) -> Path | None:
+        """An extra named checkpoint (e.g. ``best.pt``) of a name -> object mapping, written atomically."""
+        state = capture_state(objects)
         if not self.is_main:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -179,7 +232,8 @@ def resume_errors(path: str | os.PathLike, saved_config: Mapping | None, config:
     try:
         yield
     except (RuntimeError, ValueError, KeyError) as exc:
-        lines = [line.strip()[:200] for line in str(exc).splitlines() if line.strip()][:3]
+        text = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+        lines = [line.strip()[:200] for line in text.splitlines() if line.strip()][:3]
         diffs = config_differences(saved_config, config)
         shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs) - 8} more)" if len(diffs) > 8 else "")
         raise CheckpointError(

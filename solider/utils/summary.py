@@ -130,6 +130,13 @@ def cpu_cost_warning(step_gflop: float, step_memory_gb: float, steps: int, advic
             f"{' - it may be killed for memory' if too_big else ''}. {advice}")
 
 
+def emit_summary(logger: logging.Logger, text: str, warning: str | None) -> None:
+    """An entry point's summary block at INFO, then its CPU-cost warning (if any) at WARNING."""
+    logger.info("%s", text)
+    if warning:
+        logger.warning("%s", warning)
+
+
 class EtaLogger:
     """Logs ``step n/N, s/step, ETA`` a few steps in, then at every tenth of the run: a plain line
     that log files keep (the progress bar is off when stderr is not a terminal)."""

@@ -1,12 +1,15 @@
 """Small pieces every accelerate training loop of the project needs (pretraining and fine-tuning;
 the Accelerator itself comes from :func:`solider.utils.distributed.build_accelerator`).
 
+- :func:`start_run`: what both entry points do first (accelerator, logging, the output folder locked,
+  checked and given config.yaml);
 - :func:`gather_rng_states` / :func:`restore_rng_states`: the global RNG state of every process, for
-  checkpoints that resume bit for bit;
+  checkpoints that resume bit for bit (:class:`RNGStates`: the same as a checkpoint entry);
 - :func:`check_finite`: stop every process with a clear error when the loss is NaN/inf;
 - :class:`FiniteWatch`: the same check without a host sync per step (the first bad step is kept
   on the device and read only when asked: at log intervals and before every checkpoint);
 - :func:`broadcast_buffers`: the main process's buffers (BatchNorm statistics) on every process;
+- :func:`mean_over_processes`: logged values averaged over processes;
 - :func:`peak_memory_mb`: peak accelerator memory (CUDA) or peak RSS (CPU).
 """
 
@@ -14,21 +17,48 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from solider.utils.logging import get_logger
+from solider.config import save_config
+from solider.utils.distributed import build_accelerator
+from solider.utils.logging import get_logger, setup_logging
+from solider.utils.output_dir import check_existing_results, lock_output_dir
 from solider.utils.seed import capture_rng_state, restore_rng_state
 
 logger = get_logger(__name__)
 
-__all__ = ["NonFiniteLossError", "FiniteWatch", "gather_rng_states", "restore_rng_states",
-           "check_finite", "broadcast_buffers", "peak_memory_mb"]
+__all__ = ["NonFiniteLossError", "FiniteWatch", "start_run", "gather_rng_states", "restore_rng_states",
+           "RNGStates", "check_finite", "broadcast_buffers", "mean_over_processes", "peak_memory_mb"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops before the broken state is saved."""
+
+
+def start_run(cfg: Any, static_graph: bool = False) -> tuple[Accelerator, Path]:
+    """(accelerator, output folder) of a training entry point, set up before anything else is written:
+    logging (warnings only off the main process), CPU threads, the output folder locked (a second run
+    into it stops here), checked against the results it holds, and given the resolved config.yaml.
+
+    ``cfg`` has ``output_dir``, ``resume``, ``overwrite`` and ``train.{mixed_precision, cpu_threads}``.
+    """
+    output_dir = Path(cfg.output_dir)
+    accelerator = build_accelerator(cfg.train.mixed_precision, output_dir, static_graph=static_graph)
+    setup_logging(accelerator.is_main_process)
+    if cfg.train.cpu_threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(cfg.train.cpu_threads)
+    if accelerator.is_main_process:
+        lock_output_dir(output_dir)
+    check_existing_results(output_dir, cfg.resume, cfg.overwrite, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+    return accelerator, output_dir
 
 
 def gather_rng_states(accelerator) -> list[dict]:
@@ -50,6 +80,20 @@ def restore_rng_states(states: list[dict] | None, accelerator) -> bool:
     logger.warning("checkpoint has RNG states of %d processes, this run has %d: not restored, so the "
                    "continuation is not bit-identical", len(states), accelerator.num_processes)
     return False
+
+
+class RNGStates:
+    """Every process's global RNG state as one checkpoint entry (:mod:`solider.utils.checkpointing`): a
+    list in process order, gathered on save (call on every process), this process's restored on load."""
+
+    def __init__(self, accelerator) -> None:
+        self.accelerator = accelerator
+
+    def state_dict(self) -> list[dict]:
+        return gather_rng_states(self.accelerator)
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        restore_rng_states(states, self.accelerator)
 
 
 def check_finite(accelerator, loss: torch.Tensor, step: int, metrics: Mapping[str, float | torch.Tensor],
@@ -113,6 +157,14 @@ def broadcast_buffers(accelerator, module: torch.nn.Module) -> None:
         return
     for buffer in module.buffers():
         torch.distributed.broadcast(buffer.data, src=0)
+
+
+def mean_over_processes(accelerator, values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
+    """``values`` averaged over the processes (one all-reduce), keys sorted. Call on every process."""
+    keys = sorted(values)
+    reduced = accelerator.reduce(torch.tensor([float(values[k]) for k in keys], device=accelerator.device),
+                                 "mean")
+    return dict(zip(keys, reduced.tolist()))
 
 
 def peak_memory_mb(device: torch.device) -> float:

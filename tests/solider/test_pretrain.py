@@ -114,15 +114,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_market, tmp_p
     out = tmp_path / "nan"
     main(_args(tiny_market, out, "train.max_steps=2", "checkpoint.every_steps=2"))
     before = (out / "checkpoints" / "last.pt").read_bytes()
-    import solider.pretrain as pretrain
+    import solider.pretrain_run as pretrain_run
 
-    real = pretrain.solider_step
+    real = pretrain_run.solider_step
 
     def poisoned(*args, **kwargs):
         result = real(*args, **kwargs)
         return result._replace(loss=result.loss * float("nan"))
 
-    monkeypatch.setattr(pretrain, "solider_step", poisoned)
+    monkeypatch.setattr(pretrain_run, "solider_step", poisoned)
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
         main(_args(tiny_market, out, "train.max_steps=4", "resume=auto"))
     assert (out / "checkpoints" / "last.pt").read_bytes() == before

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from solider.utils.distributed import build_accelerator
-from solider.utils.training import FiniteWatch, NonFiniteLossError, check_finite
+from solider.utils.training import (
+    FiniteWatch,
+    NonFiniteLossError,
+    RNGStates,
+    check_finite,
+    mean_over_processes,
+)
 
 
 def test_finite_watch_reports_the_first_bad_step_when_checked():
@@ -29,3 +35,19 @@ def test_check_finite_stops_on_a_bad_loss():
     check_finite(acc, torch.tensor(0.3), 1, {"loss": 0.3}, "")
     with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2"):
         check_finite(acc, torch.tensor(float("nan")), 2, {"loss": float("nan")}, "")
+
+
+def test_rng_states_round_trip_as_a_checkpoint_entry():
+    acc = build_accelerator("no", log_with=None)
+    entry = RNGStates(acc)
+    torch.manual_seed(5)
+    saved = entry.state_dict()
+    expected = torch.rand(3)
+    torch.manual_seed(6)
+    entry.load_state_dict(saved)
+    assert len(saved) == 1 and torch.equal(torch.rand(3), expected)
+
+
+def test_mean_over_processes_one_process():
+    acc = build_accelerator("no", log_with=None)
+    assert mean_over_processes(acc, {"b": torch.tensor(2.0), "a": 0.5}) == {"a": 0.5, "b": 2.0}
