@@ -97,8 +97,8 @@ def networks(s: dict, semantic: bool, compile_: bool, device: torch.device):
     freeze_unused_parameters(student)
     teacher.requires_grad_(False)
     if compile_:
-        student.backbone.compile()
-        teacher.backbone.compile()
+        student.compile_backbone()
+        teacher.compile_backbone()
     return student.to(device), teacher.to(device)
 
 

@@ -84,8 +84,8 @@ def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
     freeze_unused_parameters(student)
     teacher.requires_grad_(False)
     if cfg.train.compile:
-        student.backbone.compile()
-        teacher.backbone.compile()
+        student.compile_backbone()
+        teacher.compile_backbone()
     return student, teacher
 
 

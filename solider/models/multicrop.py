@@ -47,6 +47,12 @@ class MultiCropNet(nn.Module):
         self.head = head
         self.part_head = part_head
 
+    def compile_backbone(self, **options) -> None:
+        """``torch.compile`` the backbone where this network calls it: ``forward_features`` (the
+        final map feeds the part head). ``nn.Module.compile`` would wrap the backbone's
+        ``__call__``, which this network never calls. State-dict keys are unchanged."""
+        self.backbone.forward_features = torch.compile(self.backbone.forward_features, **options)
+
     def forward(self, crops: Sequence[Tensor], semantic_weights: Sequence[Tensor | float],
                 part_index: Tensor | None = None) -> MultiCropOutput:
         """
