@@ -20,11 +20,10 @@ import torch
 
 from solider.config import load_config
 from solider.dino import DINOLoss
-from solider.models.heads import cancel_last_layer_gradients
-from solider.optim import clip_gradients, ema_update_, set_optimizer_values
+from solider.optim import set_optimizer_values
 from solider.pretrain import build_networks, build_optimizer
 from solider.pretrain_config import PretrainConfig
-from solider.pretrain_step import SemanticSettings, solider_step
+from solider.pretrain_step import SemanticSettings, solider_step, update_networks
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -94,11 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = solider_step(batch, student, teacher, dino_loss, i, settings, seed=0)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
-        clip_gradients(student, 3.0)
-        cancel_last_layer_gradients(student.head, 1.0, 1)
-        optimizer.step()
-        for name in ("backbone", "head"):
-            ema_update_(getattr(teacher, name), getattr(student, name), 0.996)
+        update_networks(student, teacher, optimizer, i, momentum=0.996, freeze_last_layer=0, clip_grad=3.0)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for i in range(args.warmup):

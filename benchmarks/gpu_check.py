@@ -30,11 +30,11 @@ from solider.data.datasets import MultiCropDataset
 from solider.data.multicrop import MultiCropTransform
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.dino import DINOLoss
-from solider.models.heads import DINOHead, cancel_last_layer_gradients
+from solider.models.heads import DINOHead
 from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
-from solider.optim import adamw, clip_gradients, ema_update_, param_groups, set_optimizer_values
-from solider.pretrain_step import SemanticSettings, solider_step
+from solider.optim import adamw, param_groups, set_optimizer_values
+from solider.pretrain_step import SemanticSettings, solider_step, update_networks
 from solider.utils.seed import EpochTaggedBatches, PerSampleSeeded, loader_options
 from solider.utils.training import FiniteWatch
 
@@ -140,11 +140,7 @@ def pretrain_step_fn(s: dict, batch: int, semantic: bool, compile_: bool, device
         watch.observe(result.loss, i)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
-        clip_gradients(student, 3.0)
-        cancel_last_layer_gradients(student.head, 1.0, 1)
-        optimizer.step()
-        for name in ("backbone", "head"):
-            ema_update_(getattr(teacher, name), getattr(student, name), 0.996)
+        update_networks(student, teacher, optimizer, i, momentum=0.996, freeze_last_layer=0, clip_grad=3.0)
 
     return step
 

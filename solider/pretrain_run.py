@@ -18,13 +18,12 @@ from tqdm import tqdm
 from solider.config import to_dict
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.dino import DINOLoss
-from solider.models.heads import cancel_last_layer_gradients
 from solider.models.multicrop import MultiCropNet
-from solider.optim import clip_gradients, ema_update_, set_optimizer_values
+from solider.optim import set_optimizer_values
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_data import CropSource
 from solider.pretrain_monitor import start_values
-from solider.pretrain_step import HOST_KEYS, SemanticSettings, solider_step
+from solider.pretrain_step import HOST_KEYS, SemanticSettings, solider_step, update_networks
 from solider.utils.checkpointing import CheckpointManager, TensorState, restore_objects
 from solider.utils.logging import get_logger
 from solider.utils.preemption import Preemption
@@ -121,11 +120,8 @@ def train_step(cfg: PretrainConfig, run: Run, batch: dict, step: int):
     acc.backward(result.loss)
     if cfg.optim.clip_grad > 0:
         acc.unscale_gradients()
-        clip_gradients(run.unwrapped, cfg.optim.clip_grad, cfg.optim.clip_mode)
-    cancel_last_layer_gradients(run.unwrapped.head, step, sched["freeze_last_layer"])
-    run.optimizer.step()
-    for name in ("backbone", "head"):  # the teacher has no part head
-        ema_update_(getattr(run.teacher, name), getattr(run.unwrapped, name), float(sched["momentum"][step]))
+    update_networks(run.unwrapped, run.teacher, run.optimizer, step, float(sched["momentum"][step]),
+                    sched["freeze_last_layer"], cfg.optim.clip_grad, cfg.optim.clip_mode)
     return result
 
 

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from solider.dino import DINOLoss, koleo_loss
+from solider.models.heads import cancel_last_layer_gradients
 from solider.models.multicrop import MultiCropNet, token_grid
+from solider.optim import clip_gradients, ema_update_
 from solider.semantics import (
     PartLabels,
     choose_part,
@@ -206,3 +208,17 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
         })
     metrics["loss"] = loss.detach()
     return StepResult(loss, metrics, parts)
+
+
+def update_networks(student: MultiCropNet, teacher: MultiCropNet, optimizer: torch.optim.Optimizer, step: int,
+                    momentum: float, freeze_last_layer: float, clip_grad: float = 0.0,
+                    clip_mode: str = "per_param") -> None:
+    """After the backward (and a mixed-precision unscale): clip (when ``clip_grad`` > 0), keep the
+    head's last layer frozen for its first ``freeze_last_layer`` steps, optimizer step, then the
+    teacher's EMA of the *unwrapped* student (backbone and head: the teacher has no part head)."""
+    if clip_grad > 0:
+        clip_gradients(student, clip_grad, clip_mode)
+    cancel_last_layer_gradients(student.head, step, freeze_last_layer)
+    optimizer.step()
+    for name in ("backbone", "head"):
+        ema_update_(getattr(teacher, name), getattr(student, name), momentum)
