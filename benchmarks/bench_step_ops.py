@@ -35,7 +35,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from solider.config import load_config
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.photometric import apply_on_workers
 from solider.dino import DINOLoss
 from solider.models.heads import cancel_last_layer_gradients

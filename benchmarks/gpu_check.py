@@ -27,11 +27,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from solider.data.datasets import MultiCropDataset
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
-from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
+from solider.models.multicrop_net import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
 from solider.optim import adamw, clip_gradients, ema_update_, param_groups, set_optimizer_values
 from solider.pretrain_step import SemanticSettings, solider_step
@@ -198,7 +198,7 @@ def sdpa_backend(s: dict, device: torch.device) -> str:
 
 def loader_rate(s: dict, workers: int, batch: int) -> float:
     """Images/s of the data loader alone: decode + crop/resize/flip + parameter draws."""
-    from solider.data.synthetic import generate_market_dataset
+    from solider.datatools.synthetic import generate_market_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         n_ids = max(4, s["loader_images"] // 8)

@@ -27,13 +27,13 @@ from tqdm import tqdm
 
 from solider.checkpoint import load_backbone_weights, safe_load
 from solider.config import build_arg_parser, config_from_args, save_config, to_dict
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.photometric import blur_sigma_for
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.data.unlabeled import list_images
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
-from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
+from solider.models.multicrop_net import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
 from solider.optim import adamw, clip_gradients, ema_update_, param_groups, set_optimizer_values
 from solider.pretrain_config import PretrainConfig

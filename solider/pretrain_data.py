@@ -20,10 +20,10 @@ from solider.data.image_check import drop_unreadable
 from solider.data.index_cache import cached_unlabeled_index
 from solider.data.keypoints import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
-from solider.data.multicrop import MultiCropTransform
-from solider.data.synthetic import generate_market_dataset
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import index_unlabeled_images
+from solider.datatools.synthetic import generate_market_dataset
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)

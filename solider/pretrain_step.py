@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from solider.dino import DINOLoss, koleo_loss
-from solider.models.multicrop import MultiCropNet, token_grid
-from solider.semantics import (
+from solider.models.multicrop_net import MultiCropNet, token_grid
+from solider.semantic_supervision import (
     PartLabels,
     choose_part,
     cluster_part_labels,

@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from solider.checkpoint import export_official, load_backbone_weights, safe_load
-from solider.data.synthetic import generate_market_dataset
+from solider.datatools.synthetic import generate_market_dataset
 from solider.models.swin import build_swin
 from solider.pretrain import main
 from solider.utils.training import NonFiniteLossError

@@ -14,7 +14,7 @@ from solider.dino import DINOLoss
 from solider.pretrain import build_networks
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_step import SemanticSettings, solider_step
-from solider.semantics import part_classification_loss
+from solider.semantic_supervision import part_classification_loss
 
 
 def _tiny_cfg() -> PretrainConfig:

@@ -9,7 +9,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from solider.data.keypoints import FLIP_INDEX
-from solider.data.multicrop import MultiCropTransform, transform_keypoints
+from solider.data.multicrop_transform import MultiCropTransform, transform_keypoints
 
 
 def _image(h: int = 160, w: int = 64, seed: int = 0) -> torch.Tensor:
@@ -95,7 +95,7 @@ def test_pil_input_and_bad_tensor():
 def test_crop_box_follows_torchvision():
     from torchvision.transforms import RandomResizedCrop
 
-    from solider.data.multicrop import UNIFORMS_PER_CROP, random_resized_crop_box
+    from solider.data.multicrop_transform import UNIFORMS_PER_CROP, random_resized_crop_box
 
     torch.manual_seed(0)
     img = torch.zeros(3, 300, 50)

@@ -3,7 +3,7 @@
 An identity's ``Appearance`` fixes clothing colours and patterns, hair, skin, accessories (bag, cap,
 safety vest) and body shape: every image of the identity shares them. A ``Pose`` changes per image:
 walking phase, arm and leg swing, and the view angle. ``skeleton`` turns both into 3-D joints in units
-of body height (X = the person's left, Y = down, Z = forward); ``solider.data.synthetic_render``
+of body height (X = the person's left, Y = down, Z = forward); ``solider.datatools.synthetic_render``
 projects and draws them.
 """
 

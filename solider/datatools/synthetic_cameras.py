@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solider.data.synthetic_people import PALETTE
+from solider.datatools.synthetic_people import PALETTE
 
 BASE_VIEWS = (0.0, 180.0, 90.0, 270.0)
 _MUTED = np.array(

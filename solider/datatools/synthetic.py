@@ -1,6 +1,6 @@
 """Synthetic person-ReID data in the Market-1501 layout (and KITTI frames for the converter).
 
-    python -m solider.data.synthetic --out DIR [--ids N --cameras C --images-per-camera K --seed S
+    python -m solider.datatools.synthetic --out DIR [--ids N --cameras C --images-per-camera K --seed S
                                       --size 256x128 --distractors D --kitti]
 
 Writes ``bounding_box_train/`` (the first half of the identities), ``query/`` (per test identity and
@@ -8,7 +8,7 @@ camera its first image) and ``bounding_box_test/`` (the rest, plus ``D`` ``0000`
 names ``PPPP_cCsS_FFFFFF_BB.jpg``; ``keypoints.jsonl`` (exact COCO-17 keypoints of every image, path
 relative to DIR); ``masks/<split folder>/<stem>.png`` (0 background, 1 head+torso+arms, 2 legs,
 3 feet); ``synthetic.json`` (the arguments and counts). The same seed writes the same bytes.
-``--kitti`` writes camera frames with KITTI labels instead (see ``solider.data.synthetic_kitti``).
+``--kitti`` writes camera frames with KITTI labels instead (see ``solider.datatools.synthetic_kitti``).
 
 Python API: ``generate_market_dataset(out, ids=..., cameras=..., images_per_camera=..., seed=...,
 size=(256, 128), distractors=0) -> dict``.
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from solider.data import synthetic_cameras as cams
 from solider.data.keypoints import sanitize
-from solider.data.synthetic_people import PALETTE, Appearance, sample_appearance, sample_pose
-from solider.data.synthetic_render import render_person
+from solider.datatools import synthetic_cameras as cams
+from solider.datatools.synthetic_people import PALETTE, Appearance, sample_appearance, sample_pose
+from solider.datatools.synthetic_render import render_person
 
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 FPS_STEP = 25  # frame numbers advance like one second of 25 fps video between images
@@ -223,7 +223,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m solider.data.synthetic",
+        prog="python -m solider.datatools.synthetic",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.kitti:
-        from solider.data.synthetic_kitti import generate_kitti_dataset
+        from solider.datatools.synthetic_kitti import generate_kitti_dataset
 
         summary = generate_kitti_dataset(
             args.out,
@@ -267,4 +267,4 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     from solider.utils.cli import run_entry
 
-    run_entry(main, "python -m solider.data.synthetic")
+    run_entry(main, "python -m solider.datatools.synthetic")

@@ -1,7 +1,7 @@
 """Convert multi-camera frames with KITTI labels (e.g. NVIDIA Omniverse Replicator Agent output) into
 a Market-1501-layout ReID dataset, following the sampling guidelines of NVIDIA's TAO ReID blog.
 
-    python -m solider.data.kitti --kitti DIR --out DIR [--min-height 64 --max-aspect 1.0
+    python -m solider.datatools.kitti_to_market --kitti DIR --out DIR [--min-height 64 --max-aspect 1.0
         --max-truncation 0.3 --max-occlusion 1 --frame-stride 1 --max-per-camera N
         --max-per-identity N --train-fraction 0.5 --seed 0 --classes person,pedestrian
         --id-column N --joints-column 15]
@@ -37,7 +37,7 @@ import numpy as np
 
 from solider.data.images import ImageDecodeError, load_image
 from solider.data.keypoints import sanitize, to_coco17
-from solider.data.kitti_labels import Box, read_kitti_boxes
+from solider.datatools.kitti_labels import Box, read_kitti_boxes
 from solider.utils.logging import get_logger, log_skipped
 
 logger = get_logger(__name__)
@@ -282,7 +282,7 @@ def convert_kitti_to_market(
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m solider.data.kitti",
+        prog="python -m solider.datatools.kitti_to_market",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -339,4 +339,4 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     from solider.utils.cli import run_entry
 
-    run_entry(main, "python -m solider.data.kitti")
+    run_entry(main, "python -m solider.datatools.kitti_to_market")
