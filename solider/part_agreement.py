@@ -33,7 +33,7 @@ from PIL import Image
 from solider.checkpoint import safe_load
 from solider.config import config_from_dict, load_config
 from solider.data.images import load_image
-from solider.data.keypoints import read_keypoints
+from solider.data.keypoint_files import read_keypoints
 from solider.keypoint_part_labels import keypoint_part_labels
 from solider.models.multicrop_net import MultiCropNet, token_grid
 from solider.pretrain import build_networks

@@ -18,7 +18,7 @@ from pathlib import Path
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
 from solider.data.image_check import drop_unreadable
 from solider.data.index_cache import cached_unlabeled_index
-from solider.data.keypoints import match_keypoints, normalize_key, read_keypoints
+from solider.data.keypoint_files import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
 from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.transforms import build_reid_test_transform

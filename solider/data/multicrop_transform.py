@@ -30,8 +30,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from solider.data import photometric
 from solider.data.images import pil_to_tensor
-from solider.data.keypoints import FLIP_INDEX, NUM_JOINTS
 from solider.data.photometric import DevicePhotometric
+from solider.data.skeleton import FLIP_INDEX, NUM_JOINTS
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, interpolation_mode
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from solider.data.images import ImageDecodeError, load_image
-from solider.data.keypoints import sanitize, to_coco17
+from solider.data.skeleton import sanitize, to_coco17
 from solider.datatools.kitti_labels import Box, read_kitti_boxes
 from solider.utils.logging import get_logger, log_skipped
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from solider.data.keypoints import sanitize
+from solider.data.skeleton import sanitize
 from solider.datatools import synthetic_cameras as cams
 from solider.datatools.synthetic_people import PALETTE, Appearance, sample_appearance, sample_pose
 from solider.datatools.synthetic_render import render_person

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from solider.data.keypoints import match_keypoints, read_keypoints
+from solider.data.keypoint_files import match_keypoints, read_keypoints
 from solider.data.market import read_market1501
 from solider.datatools.kitti_to_market import (
     Box,

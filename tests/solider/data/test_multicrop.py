@@ -8,8 +8,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from solider.data.keypoints import FLIP_INDEX
 from solider.data.multicrop_transform import MultiCropTransform, transform_keypoints
+from solider.data.skeleton import FLIP_INDEX
 
 
 def _image(h: int = 160, w: int = 64, seed: int = 0) -> torch.Tensor:
