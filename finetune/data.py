@@ -20,7 +20,7 @@ from solider.data.datasets import ReIDImageDataset
 from solider.data.market import MarketDataset, ReIDRecord, read_reid_dataset
 from solider.data.sampler import PKBatchSampler
 from solider.data.transforms import ReIDTransform
-from solider.pretrain_data import synthetic_root
+from solider.datatools.synthetic import synthetic_root
 from solider.utils.cli import UserError
 from solider.utils.logging import get_logger
 from solider.utils.seed import EpochTaggedBatches, PerSampleSeeded, loader_options

@@ -31,6 +31,7 @@ from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.photometric import blur_sigma_for
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.data.unlabeled import list_images
+from solider.datatools.synthetic import synthetic_root
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead, cancel_last_layer_gradients
 from solider.models.multicrop_net import MultiCropNet, freeze_unused_parameters
@@ -42,7 +43,6 @@ from solider.pretrain_data import (
     monitor_datasets,
     monitor_split,
     resolve_crop_source,
-    synthetic_root,
 )
 from solider.pretrain_monitor import CHARTS, run_monitor, start_values
 from solider.pretrain_step import HOST_KEYS, SemanticSettings, solider_step

@@ -1,17 +1,15 @@
-"""Data for pretraining: the crops (+ keypoints), the synthetic default, and the monitor split.
+"""Data for pretraining: the crops (+ keypoints) and the monitor split.
 
 ``data.root`` may be a folder tree of crops, a list file, or a Market-format root (then only its
 ``bounding_box_train`` is used, so the monitor's query/gallery never leak into pretraining, and its
 ``keypoints.jsonl`` is picked up when ``data.keypoints`` is not given). With no
-``data.root``, the synthetic generator's data is written once into ``data.cache_dir`` and used.
+``data.root``, the synthetic set (:func:`solider.datatools.synthetic.synthetic_root`) is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +21,9 @@ from solider.data.market import MarketDataset, find_market_root, read_market1501
 from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import index_unlabeled_images
-from solider.datatools.synthetic import generate_market_dataset
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
-
-SYNTHETIC_CAMERAS = 4
 
 
 @dataclass
@@ -37,22 +32,6 @@ class CropSource:
     keypoints: str | None  # keypoints file, or None
     keypoint_root: str | None  # root the keypoint keys are relative to
     market_root: str | None  # a labeled Market-format root usable by the monitor
-
-
-def synthetic_root(cache_dir: str | Path, ids: int, images_per_camera: int, seed: int) -> Path:
-    """Generate the synthetic Market-format set once (atomically) and return its folder."""
-    root = Path(cache_dir) / f"market_ids{ids}_cams{SYNTHETIC_CAMERAS}_ipc{images_per_camera}_seed{seed}"
-    if (root / "synthetic.json").is_file():
-        return root
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("generating the synthetic dataset into %s (once)", root)
-    generate_market_dataset(tmp, ids=ids, cameras=SYNTHETIC_CAMERAS, images_per_camera=images_per_camera,
-                            seed=seed)
-    if not (tmp / "synthetic.json").is_file():
-        (tmp / "synthetic.json").write_text(json.dumps({"ids": ids, "seed": seed}))
-    tmp.rename(root)
-    return root
 
 
 def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path | None) -> CropSource:

@@ -262,6 +262,13 @@ def read_keypoints_jsonl(path: str | Path) -> KeypointTable:
     return KeypointTable(str(path), entries, sizes)
 
 
+def keypoints_jsonl_line(image: str, kpts: np.ndarray) -> str:
+    """One line of the JSONL format that :func:`read_keypoints_jsonl` reads: COCO-17 joints of ``image``
+    (a path relative to the file's folder), rounded to 0.01 px. The data tools write their files with it."""
+    return json.dumps({"image": image, "format": "coco17",
+                       "keypoints": np.round(np.asarray(kpts).astype(np.float64), 2).tolist()})
+
+
 def normalize_key(name: str) -> str:
     """Posix separators, no leading './'."""
     key = name.replace(os.sep, "/").replace("\\", "/")

@@ -34,8 +34,7 @@ import numpy as np
 from PIL import Image
 
 from solider.datatools import synthetic_cameras as cams
-from solider.datatools.synthetic import identity_appearance
-from solider.datatools.synthetic_people import sample_pose
+from solider.datatools.synthetic_people import identity_appearance, sample_pose
 from solider.datatools.synthetic_render import render_person
 
 KITTI_UNKNOWN_3D = "-1 -1 -1 -1000 -1000 -1000 -10"
