@@ -110,7 +110,8 @@ def build(batch: int):
     )
     torch.manual_seed(0)
     student, teacher = build_networks(cfg)
-    transform = MultiCropTransform((64, 32), (32, 16), 8, photometric_on_device=True)
+    transform = MultiCropTransform(global_size=(64, 32), local_size=(32, 16), n_local=8,
+                                   photometric_on_device=True)
     g = torch.Generator().manual_seed(0)
     items = [
         transform(torch.randint(0, 256, (3, 120, 50), dtype=torch.uint8, generator=g)) for _ in range(batch)

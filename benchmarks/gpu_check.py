@@ -104,7 +104,8 @@ def networks(s: dict, semantic: bool, compile_: bool, device: torch.device):
 
 def raw_batch(s: dict, batch: int, device: torch.device):
     """A collated batch as the loader hands it over: uint8 crops + photometric parameters."""
-    transform = MultiCropTransform(s["img"], s["local"], s["n_local"], photometric_on_device=True)
+    transform = MultiCropTransform(global_size=s["img"], local_size=s["local"], n_local=s["n_local"],
+                                   photometric_on_device=True)
     g = torch.Generator().manual_seed(0)
     items = [
         transform(
@@ -204,7 +205,8 @@ def loader_rate(s: dict, workers: int, batch: int) -> float:
         n_ids = max(4, s["loader_images"] // 8)
         generate_market_dataset(tmp, ids=n_ids, cameras=2, images_per_camera=4, seed=0, size=s["img"])
         files = sorted(str(p) for p in (Path(tmp) / "bounding_box_train").iterdir())
-        transform = MultiCropTransform(s["img"], s["local"], s["n_local"], photometric_on_device=True)
+        transform = MultiCropTransform(global_size=s["img"], local_size=s["local"], n_local=s["n_local"],
+                                       photometric_on_device=True)
         dataset = PerSampleSeeded(MultiCropDataset(files, transform), 0)
         sampler = ShuffleBatchSampler(len(dataset), min(batch, len(dataset)), 0)
         loader = torch.utils.data.DataLoader(

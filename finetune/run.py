@@ -112,8 +112,7 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     """Data, model (+ init weights), optimizers and schedule; model and optimizer are prepared."""
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     with accelerator.main_process_first():  # the main process generates the synthetic set (once) first
-        root = resolve_root(cfg.data.root, cfg.data.cache_dir, cfg.data.synthetic_ids,
-                            cfg.data.synthetic_images_per_camera)
+        root = resolve_root(cfg.data)
         data = load_dataset(root, train=not eval_only)
     if not eval_only:
         id_seed = cfg.seed if cfg.data.id_seed is None else cfg.data.id_seed

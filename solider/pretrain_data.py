@@ -1,4 +1,4 @@
-"""Data for pretraining: the crops (+ keypoints) and the monitor split.
+"""Data for pretraining: the crops (+ keypoints), their multi-crop transform, and the monitor split.
 
 ``data.root`` may be a folder tree of crops, a list file, or a Market-format root (then only its
 ``bounding_box_train`` is used, so the monitor's query/gallery never leak into pretraining, and its
@@ -18,9 +18,11 @@ from solider.data.image_check import drop_unreadable
 from solider.data.index_cache import cached_unlabeled_index
 from solider.data.keypoint_files import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
-from solider.data.multicrop_transform import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropSpec, MultiCropTransform
+from solider.data.photometric import blur_sigma_for
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import index_unlabeled_images
+from solider.pretrain_config import AugmentConfig, ModelConfig
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -52,6 +54,16 @@ def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path
             logger.info("using the keypoints in %s", keypoints)
         return CropSource(str(market / "bounding_box_train"), keypoints, str(market), str(market))
     return CropSource(str(path), keypoints, str(path if path.is_dir() else path.parent), None)
+
+
+def multicrop_spec(model: ModelConfig, augment: AugmentConfig) -> MultiCropSpec:
+    """The multi-crop transform's settings: the ``augment`` keys of the same names, the crop sizes of
+    ``model``, and the blur sigma scaled to the global crop height (``augment.blur_sigma_relative``)."""
+    same_names = {f.name: getattr(augment, f.name) for f in dataclasses.fields(MultiCropSpec)
+                  if hasattr(augment, f.name)}
+    same_names["blur_sigma"] = blur_sigma_for(augment.blur_sigma, model.img_size[0],
+                                              augment.blur_sigma_relative)
+    return MultiCropSpec(**same_names, global_size=model.img_size, local_size=model.local_size)
 
 
 def build_pretrain_dataset(source: CropSource, transform: MultiCropTransform, min_height: int,

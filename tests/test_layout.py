@@ -34,8 +34,8 @@ def test_library_dependency_direction(package, forbidden):
         bad = {name for name in _imports(path) for f in forbidden if name == f or name.startswith(f + ".")}
         if bad:
             offenders.append(f"{rel} imports {sorted(bad)}")
-    assert not offenders, "library modules must depend one way (eval <- solider <- finetune; solider.data " + \
-        "<- solider.datatools): " + "; ".join(offenders)
+    assert not offenders, "library modules must depend one way (eval <- solider <- finetune; " + \
+        "solider.data <- solider.datatools): " + "; ".join(offenders)
 
 
 def test_no_module_is_a_god_file():

@@ -39,6 +39,7 @@ from solider.datatools.synthetic_people import (
     sample_pose,
 )
 from solider.datatools.synthetic_render import render_person
+from solider.run_config import DataSection
 from solider.utils.cli import module_parser, parse_size
 from solider.utils.logging import get_logger
 
@@ -46,7 +47,7 @@ logger = get_logger(__name__)
 
 SPLIT_FOLDERS = tuple(MARKET_SPLITS.values())
 FPS_STEP = 25  # frame numbers advance like one second of 25 fps video between images
-SYNTHETIC_CAMERAS = 4  # cameras of the trainers' default set (synthetic_root)
+SYNTHETIC_CAMERAS, SYNTHETIC_SEED = 4, 0  # of the trainers' default set (synthetic_root)
 
 
 @dataclass
@@ -188,17 +189,20 @@ def generate_market_dataset(out: str | Path, ids: int = 100, cameras: int = 4, i
     return {**summary, "out": str(out), "render_s": render_s, "write_s": write_s}
 
 
-def synthetic_root(cache_dir: str | Path, ids: int, images_per_camera: int, seed: int) -> Path:
-    """Generate the synthetic Market-format set once (atomically) and return its folder: the data of
-    both trainers when ``data.root`` is not set (so the demo generates it once for both)."""
-    root = Path(cache_dir) / f"market_ids{ids}_cams{SYNTHETIC_CAMERAS}_ipc{images_per_camera}_seed{seed}"
+def synthetic_root(data: DataSection) -> Path:
+    """The data of both trainers when ``data.root`` is not set: the synthetic Market-format set of
+    ``data.synthetic_ids`` and ``data.synthetic_images_per_camera``, generated once (atomically) into
+    ``data.cache_dir``, so that the demo's pretraining and fine-tuning share one."""
+    ids, per_camera = data.synthetic_ids, data.synthetic_images_per_camera
+    name = f"market_ids{ids}_cams{SYNTHETIC_CAMERAS}_ipc{per_camera}_seed{SYNTHETIC_SEED}"
+    root = Path(data.cache_dir) / name
     if (root / "synthetic.json").is_file():
         return root
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     logger.info("generating the synthetic dataset into %s (once)", root)
-    generate_market_dataset(tmp, ids=ids, cameras=SYNTHETIC_CAMERAS, images_per_camera=images_per_camera,
-                            seed=seed)
+    generate_market_dataset(tmp, ids=ids, cameras=SYNTHETIC_CAMERAS, images_per_camera=per_camera,
+                            seed=SYNTHETIC_SEED)
     tmp.rename(root)
     return root
 
