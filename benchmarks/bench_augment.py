@@ -30,7 +30,7 @@ import torchvision.transforms as T
 from PIL import Image, ImageFilter, ImageOps
 
 from solider.data.images import is_image_file, load_image_tensor
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def find_images(arg: str | None, n: int) -> list[str]:
             if files:
                 print(f"images: {len(files)} real JPEGs from {folder}")
                 return files
-    from solider.data.synthetic import generate_market_dataset
+    from solider.datatools.synthetic import generate_market_dataset
     out = Path(tempfile.mkdtemp(prefix="bench_augment_"))
     generate_market_dataset(out, ids=max(4, n // 8), cameras=2, images_per_camera=4, seed=0)
     files = sorted(str(p) for p in (out / "bounding_box_train").iterdir())[:n]

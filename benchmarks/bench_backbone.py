@@ -28,14 +28,7 @@ import timm
 import torch
 
 from solider.models.swin import build_swin, resolve_arch
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size {text!r}: expected HxW, e.g. 256x128") from None
-    return h, w
+from solider.utils.cli import parse_size
 
 
 def build_pair(args: argparse.Namespace, device: torch.device) -> dict[str, torch.nn.Module]:

@@ -2,7 +2,7 @@
 
 The official SOLIDER step (``utils.get_mask``) runs, for every global crop of the batch and on
 the CPU, ``KMeans(2)`` on the token norms and ``KMeans(3)`` on the foreground features
-(``n_init=10``, scikit-learn's 2022 default). ``solider.semantics.cluster_part_labels`` does the
+(``n_init=10``, scikit-learn's 2022 default). ``solider.semantic_supervision.cluster_part_labels`` does the
 same for the whole batch at once on the feature map's device. Input: 96 maps of (768, 8, 4),
 the last-stage maps of 2 global crops x 48 images for Swin-T, with a planted structure
 (foreground block, three horizontal bands) at several noise levels; at the highest level the
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from solider.semantics import cluster_part_labels
+from solider.semantic_supervision import cluster_part_labels
 
 try:
     from tests.reference.naive_semantics import naive_cluster_part_labels, planted_feature_maps

@@ -35,7 +35,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from solider.config import load_config
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.photometric import apply_on_workers
 from solider.dino import DINOLoss
 from solider.models.heads import cancel_last_layer_gradients
@@ -110,7 +110,8 @@ def build(batch: int):
     )
     torch.manual_seed(0)
     student, teacher = build_networks(cfg)
-    transform = MultiCropTransform((64, 32), (32, 16), 8, photometric_on_device=True)
+    transform = MultiCropTransform(global_size=(64, 32), local_size=(32, 16), n_local=8,
+                                   photometric_on_device=True)
     g = torch.Generator().manual_seed(0)
     items = [
         transform(torch.randint(0, 256, (3, 120, 50), dtype=torch.uint8, generator=g)) for _ in range(batch)

@@ -23,7 +23,12 @@ from PIL import Image
 
 from eval.metrics import evaluate_rank
 from solider.data.market import read_market1501
-from solider.data.synthetic import generate_market_dataset, identity_appearance, make_cameras, render_crop
+from solider.datatools.synthetic import (
+    generate_market_dataset,
+    identity_appearance,
+    make_cameras,
+    render_crop,
+)
 
 
 def render_rate(n: int = 400, size: tuple[int, int] = (256, 128)) -> float:

@@ -27,11 +27,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from solider.data.datasets import MultiCropDataset
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead
-from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
+from solider.models.multicrop_net import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
 from solider.optim import adamw, param_groups, set_optimizer_values
 from solider.pretrain_step import SemanticSettings, solider_step, update_networks
@@ -104,7 +104,8 @@ def networks(s: dict, semantic: bool, compile_: bool, device: torch.device):
 
 def raw_batch(s: dict, batch: int, device: torch.device):
     """A collated batch as the loader hands it over: uint8 crops + photometric parameters."""
-    transform = MultiCropTransform(s["img"], s["local"], s["n_local"], photometric_on_device=True)
+    transform = MultiCropTransform(global_size=s["img"], local_size=s["local"], n_local=s["n_local"],
+                                   photometric_on_device=True)
     g = torch.Generator().manual_seed(0)
     items = [
         transform(
@@ -194,13 +195,14 @@ def sdpa_backend(s: dict, device: torch.device) -> str:
 
 def loader_rate(s: dict, workers: int, batch: int) -> float:
     """Images/s of the data loader alone: decode + crop/resize/flip + parameter draws."""
-    from solider.data.synthetic import generate_market_dataset
+    from solider.datatools.synthetic import generate_market_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         n_ids = max(4, s["loader_images"] // 8)
         generate_market_dataset(tmp, ids=n_ids, cameras=2, images_per_camera=4, seed=0, size=s["img"])
         files = sorted(str(p) for p in (Path(tmp) / "bounding_box_train").iterdir())
-        transform = MultiCropTransform(s["img"], s["local"], s["n_local"], photometric_on_device=True)
+        transform = MultiCropTransform(global_size=s["img"], local_size=s["local"], n_local=s["n_local"],
+                                       photometric_on_device=True)
         dataset = PerSampleSeeded(MultiCropDataset(files, transform), 0)
         sampler = ShuffleBatchSampler(len(dataset), min(batch, len(dataset)), 0)
         loader = torch.utils.data.DataLoader(

@@ -116,7 +116,7 @@ class PlotSection:
 
 
 @dataclass
-class EvalConfig:
+class EvaluateConfig:  # the config of eval/evaluate.py (not fine-tuning's eval section)
     output_dir: str = opt("runs/eval", "where config.yaml, metrics.json, features.npz and plots go (--out)")
     overwrite: bool = opt(False, "replace the metrics.json / features.npz in output_dir (default: refuse)")
     device: str = opt("auto", "auto (CUDA if available) | cpu | cuda | cuda:N")
@@ -143,7 +143,7 @@ def _pick(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.Module, dict]:
+def build_model_from_checkpoint(path: str | None, cfg: EvaluateConfig) -> tuple[nn.Module, dict]:
     """The feature extractor for ``path`` (None or "random": random weights) and its input settings.
 
     Architecture, input size, semantic weight and normalisation come from ``cfg.model`` /
@@ -217,7 +217,8 @@ def build_model_from_checkpoint(path: str | None, cfg: EvalConfig) -> tuple[nn.M
 
 # ---------------------------------------------------------------------------------- features
 
-def _extract(source: str, cfg: EvalConfig, device: torch.device) -> tuple[SplitFeatures, SplitFeatures, str]:
+def _extract(source: str, cfg: EvaluateConfig, device: torch.device
+             ) -> tuple[SplitFeatures, SplitFeatures, str]:
     """(query, gallery, description) for a checkpoint path / "random" or an .npz feature file."""
     if source.endswith(".npz"):
         return (*load_features(source), f"features from {source}")
@@ -256,7 +257,7 @@ def _prepare(split: SplitFeatures, normalize: bool) -> np.ndarray:
     return (torch.nn.functional.normalize(feats, dim=1) if normalize else feats).numpy()
 
 
-def _score(q: SplitFeatures, g: SplitFeatures, cfg: EvalConfig, device: torch.device) -> dict[str, dict]:
+def _score(q: SplitFeatures, g: SplitFeatures, cfg: EvaluateConfig, device: torch.device) -> dict[str, dict]:
     """metrics (and re-ranked metrics) of one model: name -> evaluate_rank output."""
     qf, gf = _prepare(q, cfg.eval.normalize), _prepare(g, cfg.eval.normalize)
     labels = (q.pids, g.pids, q.camids, g.camids)
@@ -289,7 +290,8 @@ def format_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _plots(models: dict[str, tuple[SplitFeatures, SplitFeatures, dict]], cfg: EvalConfig, out: Path) -> None:
+def _plots(models: dict[str, tuple[SplitFeatures, SplitFeatures, dict]], cfg: EvaluateConfig,
+           out: Path) -> None:
     """distances.png (compared model first), cmc.png and ranked.png (the main model, the last one)."""
     pairs, curves = {}, {}
     for label, (q, g, scores) in models.items():
@@ -327,7 +329,7 @@ def _label(source: str) -> str:
     return f"{run.name}/{path.name}" if path.name in ("last.pt", "best.pt") and run.name else path.name
 
 
-def run(cfg: EvalConfig, source: str, compare: str | None = None) -> dict:
+def run(cfg: EvaluateConfig, source: str, compare: str | None = None) -> dict:
     """Evaluate ``source`` (checkpoint / "random" / .npz) and optionally ``compare``; write outputs."""
     out = Path(cfg.output_dir)
     # before the work: every output writable, and no earlier results replaced unless asked
@@ -362,7 +364,7 @@ def run(cfg: EvalConfig, source: str, compare: str | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_arg_parser(EvalConfig, __doc__.split("\n\n")[0], prog="eval/evaluate.py")
+    parser = build_arg_parser(EvaluateConfig, __doc__.split("\n\n")[0], prog="eval/evaluate.py")
     parser.add_argument("--data", help="dataset root (sets data.root)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="checkpoint file, 'random' for random weights, or a hand-crafted "
@@ -376,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
              "rerank.enabled": "true" if args.rerank else None}
     args.overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     setup_logging()
-    cfg = config_from_args(EvalConfig, args, {"data.root": "--data", "output_dir": "--out"})
+    cfg = config_from_args(EvaluateConfig, args, {"data.root": "--data", "output_dir": "--out"})
     return run(cfg, args.checkpoint or args.features, args.compare)
 
 

@@ -5,7 +5,8 @@ Swin-T Market-1501 configuration: 384x128, SGD 8e-4 with bias lr x2, 20 warmup e
 over 120, soft-margin triplet, no label smoothing, no center loss, mean/std 0.5, timm "pixel" random
 erasing, test feature before BN, L2-normalised). ``configs/finetune/{solider_reid,bot,tao}.yaml``
 spell out each recipe in full, so one YAML file plus ``key=value`` overrides is all a run needs
-(docs/FINETUNING.md).
+(docs/FINETUNING.md). The keys pretraining has too are declared once in :mod:`solider.run_config`;
+fine-tuning's own defaults for them are given where :class:`FinetuneConfig` places each section.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from finetune.resnet import RESNET_ARCHS, is_resnet
+from solider import run_config as shared
 from solider.config import ConfigError, opt, section
-from solider.models.swin_config import SwinArch
 
 ARCHS = ("swin_tiny", "swin_small", "swin_base", "custom", *RESNET_ARCHS)
 
@@ -32,17 +33,13 @@ class InitConfig:
 
 
 @dataclass
-class ModelConfig(SwinArch):  # embed_dim, depths, num_heads, window_size; arch_spec(); validate()
+class ModelConfig(shared.ModelSection):  # the Swin arch keys, img_size, drop_path_rate, use_checkpoint
     arch: str = opt("swin_tiny", "swin_tiny | swin_small | swin_base | custom (then embed_dim, depths, "
                                  "num_heads, window_size are used) | resnet18 | resnet34 | resnet50 | "
                                  "resnet101 | resnet152 (timm ResNet, BoT / TAO baseline)")
-    img_size: tuple[int, int] = opt((384, 128), "input height, width for training and test "
-                                                "(SOLIDER-REID 384x128; BoT/TAO 256x128)")
     semantic_weight: float = opt(0.2, "lambda of the frozen semantic controller (0.2 for ReID, "
                                       "SOLIDER-REID README); negative = a Swin without controller; "
                                       "ResNets have none (ignored with a note; -1 is silent)", le=1)
-    drop_path_rate: float = opt(0.1, "stochastic depth (SOLIDER-REID 0.1; ResNet: timm's per-block rate, "
-                                     "BoT/TAO 0)", ge=0, lt=1)
     last_stride: int = opt(1, "ResNet only: stride of layer4 (BoT/TAO 1: a 16x8 map at 256x128; 2: the "
                               "ImageNet network); a Swin takes 1", ge=1, le=2)
     reduction_dim: int = opt(0, "bias-free Linear to this size before the BNNeck (TAO: 256); 0 = none",
@@ -50,7 +47,6 @@ class ModelConfig(SwinArch):  # embed_dim, depths, num_heads, window_size; arch_
     neck_feat: Literal["before", "after"] = opt("before", "test feature: before the BNNeck (SOLIDER-REID) "
                                                           "or after it (BoT, TAO)")
     test_norm: bool = opt(True, "L2-normalise the test feature (all three recipes)")
-    use_checkpoint: bool = opt(False, "gradient checkpointing: less memory, ~30% slower")
 
     @classmethod
     def known_archs(cls) -> tuple[str, ...]:
@@ -64,26 +60,17 @@ class ModelConfig(SwinArch):  # embed_dim, depths, num_heads, window_size; arch_
 
 
 @dataclass
-class DataConfig:
-    root: str | None = opt(None, "Market-format root (Market-1501, CUHK03 subset, ...) or MSMT17 root; "
-                                 "None = the synthetic demo set, generated once into data.cache_dir")
-    num_workers: int | None = opt(None, "data loader processes per training process; None = from the "
-                                        "cores available to the process, min(4, cores - 1)", ge=0)
+class DataConfig(shared.DataSection):  # root, num_workers, cache_dir, synthetic_*
+    synthetic_ids: int = opt(60, "synthetic set: identities (half train, half test; P x K sampling needs "
+                                 "2 training ids)", gt=3)
     id_fraction: float = opt(1.0, "train on this share of the training identities (all their images), "
                                   "chosen by data.id_seed: low-label experiments", gt=0, le=1)
     id_seed: int | None = opt(None, "seed of the id_fraction subset; None = the run's seed", ge=0)
-    cache_dir: str = opt(".cache/synthetic", "where the synthetic set is generated when root is None")
-    synthetic_ids: int = opt(60, "synthetic set: identities (half train, half test)", gt=3)
-    synthetic_images_per_camera: int = opt(4, "synthetic set: images per identity and camera", gt=0)
 
 
 @dataclass
-class AugmentConfig:
-    mean: tuple[float, float, float] = opt((0.5, 0.5, 0.5), "normalisation mean (SOLIDER-REID/TAO 0.5; "
-                                                            "BoT ImageNet)")
-    std: tuple[float, float, float] = opt((0.5, 0.5, 0.5), "normalisation std")
+class AugmentConfig(shared.AugmentSection):  # mean, std, flip_p
     interpolation: Literal["bicubic", "bilinear"] = opt("bicubic", "resize filter (train and test)")
-    flip_p: float = opt(0.5, "horizontal flip probability", ge=0, le=1)
     padding: int = opt(10, "zero padding before the random crop", ge=0)
     erasing_p: float = opt(0.5, "random erasing probability", ge=0, le=1)
     erasing_mode: Literal["pixel", "mean"] = opt("pixel", "pixel: timm N(0,1) noise (SOLIDER-REID, TAO); "
@@ -123,21 +110,9 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = opt(120, "training epochs (the lr schedules span them)", gt=0)
-    batch_size: int = opt(64, "images per process = P identities x K (train.num_instances)", gt=0)
+class TrainConfig(shared.TrainSection):  # epochs, batch_size, max_steps, log_every, ...
     num_instances: int = opt(4, "K images per identity in a batch", gt=0)
-    max_steps: int | None = opt(None, "stop after this many optimizer steps (smoke runs); schedules still "
-                                      "span train.epochs; evaluation runs at the stop", gt=0)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt(
-        "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
     sync_bn: bool = opt(False, "synchronise the BNNeck statistics across processes (TAO does)")
-    compile: bool = opt(False, "torch.compile the backbone")
-    cpu_threads: int = opt(0, "torch threads per process when running on the CPU; 0 = torch's default. "
-                              "1 suits tiny models on a shared CPU, where spin-waiting threads can make "
-                              "2 threads 10x slower than 1", ge=0)
-    log_every: int = opt(20, "steps between scalar logs", gt=0)
-    deterministic: bool = opt(False, "ask torch for deterministic kernels (CPU runs are exact anyway)")
 
     def validate(self) -> None:
         if self.batch_size % self.num_instances or self.batch_size // self.num_instances < 2:
@@ -146,14 +121,7 @@ class TrainConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    every_steps: int = opt(2000, "steps between periodic checkpoints (last.pt is also written each epoch)",
-                           gt=0)
-    keep_last: int = opt(2, "periodic checkpoints kept", ge=1)
-
-
-@dataclass
-class EvalConfig:
+class FinetuneEvalConfig:  # evaluation on query / gallery during fine-tuning (not eval/evaluate.py's)
     every_epochs: int = opt(10, "epochs between evaluations (always also at the end); 0 = only at the end",
                             ge=0)
     at_start: bool = opt(False, "also evaluate the initial model before training (history entry at step 0)")
@@ -171,18 +139,17 @@ class EvalConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(shared.RunConfig):  # output_dir, seed, resume, overwrite
     output_dir: str = opt("runs/finetune", "checkpoints/, config.yaml, log.jsonl, tb/, metrics.json")
     seed: int = opt(1234, "random seed (SOLIDER-REID 1234; CPU runs repeat bit for bit)")
-    resume: str | None = opt(None, "a checkpoint path, or auto for the newest in output_dir")
-    overwrite: bool = opt(False, "replace the results of an earlier run in output_dir (else refused; "
-                                 "resume=auto continues it)")
     init: InitConfig = section(InitConfig, "initial weights")
-    model: ModelConfig = section(ModelConfig, "backbone and neck")
+    model: ModelConfig = section(ModelConfig, "backbone and neck", img_size=(384, 128))
     data: DataConfig = section(DataConfig, "labeled Market-format data")
-    augment: AugmentConfig = section(AugmentConfig, "training transforms (test: resize + normalise)")
+    augment: AugmentConfig = section(AugmentConfig, "training transforms (test: resize + normalise)",
+                                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     loss: LossConfig = section(LossConfig, "ID + triplet (+ center) losses")
     optim: OptimConfig = section(OptimConfig, "optimizer and per-epoch lr schedule")
-    train: TrainConfig = section(TrainConfig, "loop")
-    checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoints")
-    eval: EvalConfig = section(EvalConfig, "evaluation on query / gallery")
+    train: TrainConfig = section(TrainConfig, "loop", epochs=120, batch_size=64, log_every=20)
+    checkpoint: shared.CheckpointSection = section(shared.CheckpointSection, "checkpoints", every_steps=2000,
+                                                   keep_last=2)
+    eval: FinetuneEvalConfig = section(FinetuneEvalConfig, "evaluation on query / gallery")

@@ -20,7 +20,8 @@ from solider.data.datasets import ReIDImageDataset
 from solider.data.market import MarketDataset, ReIDRecord, read_reid_dataset
 from solider.data.sampler import PKBatchSampler
 from solider.data.transforms import ReIDTransform
-from solider.pretrain_data import synthetic_root
+from solider.datatools.synthetic import synthetic_root
+from solider.run_config import DataSection
 from solider.utils.cli import UserError
 from solider.utils.logging import get_logger
 from solider.utils.seed import EpochTaggedBatches, PerSampleSeeded, loader_options
@@ -30,19 +31,16 @@ logger = get_logger(__name__)
 __all__ = ["TrainData", "resolve_root", "build_train_data", "build_test_loader", "subset_identities"]
 
 
-def resolve_root(root: str | None, cache_dir: str, synthetic_ids: int, images_per_camera: int) -> Path:
-    """``root``, or the synthetic Market-format set (generated once into ``cache_dir``) when None.
-
-    The synthetic set is the one pretraining uses by default (same cache folder and name), so the
-    demo generates it once.
-    """
-    if root is not None:
-        path = Path(root)
+def resolve_root(data: DataSection) -> Path:
+    """``data.root``, or the synthetic Market-format set when it is None: the one pretraining uses by
+    default (:func:`solider.datatools.synthetic.synthetic_root`), so the demo generates it once."""
+    if data.root is not None:
+        path = Path(data.root)
         if not path.is_dir():
-            raise FileNotFoundError(f"data.root={root}: no such folder (expected a Market-1501-layout or "
-                                    "MSMT17 root)")
+            raise FileNotFoundError(f"data.root={data.root}: no such folder (expected a Market-1501-layout "
+                                    "or MSMT17 root)")
         return path
-    return synthetic_root(cache_dir, synthetic_ids, images_per_camera, seed=0)
+    return synthetic_root(data)
 
 
 @dataclass

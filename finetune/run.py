@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from finetune.checkpoint import KIND, build_model, initialize_model
+from finetune.checkpoint import KIND, initialize_model
 from finetune.config import FinetuneConfig
 from finetune.data import (
     TrainData,
@@ -39,7 +39,7 @@ from finetune.data import (
 )
 from finetune.evaluation import best_entry, evaluate_model, write_metrics
 from finetune.losses import CenterLoss, center_step
-from finetune.model import Embedder, ReIDModel
+from finetune.model import Embedder, ReIDModel, build_model
 from finetune.optim import LRSchedule, build_optimizer, param_groups, set_epoch_lr
 from finetune.step import LossWeights, metric_values, reid_step
 from solider.config import build_arg_parser, config_from_args, to_dict
@@ -113,8 +113,7 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
     """Data, model (+ init weights), optimizers and schedule; model and optimizer are prepared."""
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     with accelerator.main_process_first():  # the main process generates the synthetic set (once) first
-        root = resolve_root(cfg.data.root, cfg.data.cache_dir, cfg.data.synthetic_ids,
-                            cfg.data.synthetic_images_per_camera)
+        root = resolve_root(cfg.data)
         data = load_dataset(root, train=not eval_only)
     if not eval_only:
         id_seed = cfg.seed if cfg.data.id_seed is None else cfg.data.id_seed

@@ -62,8 +62,7 @@ def finetune_data_root() -> Path:
     from solider.config import load_config
 
     cfg = load_config(FinetuneConfig, ROOT / "configs" / "finetune" / "demo.yaml")
-    return Path(resolve_root(cfg.data.root, cfg.data.cache_dir, cfg.data.synthetic_ids,
-                             cfg.data.synthetic_images_per_camera))
+    return Path(resolve_root(cfg.data))
 
 
 def main(argv: list[str] | None = None) -> None:

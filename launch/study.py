@@ -155,7 +155,7 @@ def plan(out: Path, seeds: list[int], stages: list[str], quick: bool, data: Path
     if "synthetic" in stages:
         synth = out / "synthetic_data"
         tasks.append(Task("synthetic_data", [
-            sys.executable, "-m", "solider.data.synthetic", "--out", str(synth), "--ids", "60",
+            sys.executable, "-m", "solider.datatools.synthetic", "--out", str(synth), "--ids", "60",
             "--cameras", "4", "--images-per-camera", "4", "--seed", "0"], synth))
         for source in ("keypoints", "clustering"):
             pretrain(f"pretrain/synthetic_{source}", f"data.root={synth}", f"semantic.label_source={source}",

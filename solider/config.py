@@ -13,7 +13,9 @@ Rules:
 - the resolved config is written back as YAML with :func:`save_config`.
 
 Schemas declare fields with :func:`opt` so that ``--help`` can list every key with its default
-and one line of advice. Config objects stop at entry points: library code takes plain arguments.
+and one line of advice. Library code takes a few plain arguments or one section whole, never long
+copies of its fields. Sections that several entry points share are declared once
+(:mod:`solider.run_config`).
 """
 
 from __future__ import annotations
@@ -61,9 +63,14 @@ def opt(default: Any, doc: str, *, ge: float | None = None, gt: float | None = N
     return dataclasses.field(default=default, metadata=meta)
 
 
-def section(cls: type, doc: str = "") -> Any:
-    """A nested config section (a dataclass with its own defaults)."""
-    return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+def section(cls: type, doc: str = "", **defaults: Any) -> Any:
+    """A nested config section (a dataclass with its own defaults). ``defaults``: this schema's own
+    defaults for keys of a section that several schemas share (their advice and bounds stay declared
+    once, in ``cls``)."""
+    unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"section({cls.__name__}): no keys {sorted(unknown)}")
+    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={"doc": doc})
 
 
 class UniqueKeySafeLoader(yaml.SafeLoader):
@@ -159,33 +166,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{key}: expected a bool (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an int, got the bool {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-            parsed = _parse_scalar_text(value)
-            if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
-                return _coerce(parsed, int, key)
-        raise ConfigError(f"{key}: expected an int, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a float, got the bool {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a float, got {value!r}")
+    if tp in (int, float):
+        return _coerce_number(value, tp, key)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -193,6 +175,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _coerce_number(value: Any, tp: type, key: str) -> int | float:
+    """``value`` as an int or a float; an int also from an integral float or text such as ``1e3``."""
+    what = "an int" if tp is int else "a float"
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {what}, got the bool {value!r}")
+    if isinstance(value, int) or (isinstance(value, float) and (tp is float or value.is_integer())):
+        return tp(value)
+    if isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            pass
+        parsed = _parse_scalar_text(value) if tp is int else None
+        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            return _coerce_number(parsed, int, key)
+    raise ConfigError(f"{key}: expected {what}, got {value!r}")
 
 
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"),
@@ -376,16 +376,16 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def describe(schema: type, prefix: str = "") -> str:
+def describe(schema: type, prefix: str = "", instance: Any = None) -> str:
     """One line per key: ``key = default  # advice`` — printed by every entry point's --help."""
     lines = []
-    instance = schema()
+    instance = schema() if instance is None else instance  # a section's defaults are its schema's
     for name, f in _fields(schema).items():
         key = prefix + name
         if dataclasses.is_dataclass(f.type):
             doc = f.metadata.get("doc", "")
             lines.append(f"\n[{key}]" + (f"  {doc}" if doc else ""))
-            lines.append(describe(f.type, key + "."))
+            lines.append(describe(f.type, key + ".", getattr(instance, name)))
         else:
             default = yaml.safe_dump(to_dict(getattr(instance, name)), default_flow_style=True,
                                      width=1000).strip().removesuffix("...").strip()

@@ -4,7 +4,7 @@
                                      [--split bounding_box_train] [--max-images N] [--out agreement.json]
                                      [key=value ...   with --config]
 
-On a synthetic Market-layout set (``solider.data.synthetic``: ``keypoints.jsonl`` and the renderer's
+On a synthetic Market-layout set (``solider.datatools.synthetic``: ``keypoints.jsonl`` and the renderer's
 ``masks/``), every image is taken whole at the model's global-crop size — the geometry of a global
 crop without augmentation — and labelled on the last-stage token grid in two ways, as pretraining
 labels it: from its keypoints (``keypoint_part_labels``) and by clustering the teacher's λ = 1
@@ -33,12 +33,12 @@ from PIL import Image
 from solider.checkpoint import safe_load
 from solider.config import config_from_dict, load_config
 from solider.data.images import load_image
-from solider.data.keypoints import read_keypoints
-from solider.models.multicrop import MultiCropNet, token_grid
+from solider.data.keypoint_files import read_keypoints
+from solider.keypoint_part_labels import keypoint_part_labels
+from solider.models.multicrop_net import MultiCropNet, token_grid
 from solider.pretrain import build_networks
 from solider.pretrain_config import PretrainConfig
-from solider.semantic_keypoints import keypoint_part_labels
-from solider.semantics import cluster_part_labels
+from solider.semantic_supervision import cluster_part_labels
 from solider.utils.cli import parse_args, run_entry
 from solider.utils.seed import seed_everything
 
@@ -106,7 +106,7 @@ def measure(root: Path, teacher: MultiCropNet, cfg: PretrainConfig, split: str =
         mask_path = root / "masks" / split / (Path(name).stem + ".png")
         if not mask_path.is_file():
             raise FileNotFoundError(f"{mask_path}: no part mask for {name} (is {root} a set made by "
-                                    "solider.data.synthetic?)")
+                                    "solider.datatools.synthetic?)")
         truth.append(mask_to_grid(np.asarray(Image.open(mask_path)), grid))
         scale = np.array([w / img.width, h / img.height, 1.0], dtype=np.float32)
         kpts.append(table.entries[name] * scale)

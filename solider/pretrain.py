@@ -25,13 +25,13 @@ from torch import nn
 
 from solider.checkpoint import safe_load
 from solider.config import build_arg_parser, config_from_args, to_dict
-from solider.data.multicrop import MultiCropTransform
-from solider.data.photometric import blur_sigma_for
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.data.unlabeled import list_images
+from solider.datatools.synthetic import synthetic_root
 from solider.dino import DINOLoss
 from solider.models.heads import DINOHead
-from solider.models.multicrop import MultiCropNet, freeze_unused_parameters
+from solider.models.multicrop_net import MultiCropNet, freeze_unused_parameters
 from solider.models.swin import build_swin
 from solider.models.swin_weights import load_backbone_weights
 from solider.models.weights import clean_state_dict
@@ -41,8 +41,8 @@ from solider.pretrain_data import (
     build_pretrain_dataset,
     monitor_datasets,
     monitor_split,
+    multicrop_spec,
     resolve_crop_source,
-    synthetic_root,
 )
 from solider.pretrain_monitor import CHARTS, run_monitor
 from solider.pretrain_run import CropData, Run, restore_state, stop_step, train
@@ -157,8 +157,7 @@ def semantic_settings(cfg: PretrainConfig, device: torch.device | None = None) -
     # Fixed shapes spare a GPU a sync per step and recompilations; on a CPU the extra masked crops
     # (copies of unlabelled ones) cost more than the sync they save.
     static = s.static_shapes if s.static_shapes is not None else (device is not None and device.type != "cpu")
-    return SemanticSettings(s.enabled, s.weight_mode, s.fixed_weight, s.num_parts, s.label_source,
-                            s.min_foreground, s.masking, s.loss_weight, static)
+    return SemanticSettings.from_config(s, static)
 
 
 def parse_config(argv: list[str] | None) -> tuple[PretrainConfig, argparse.Namespace]:
@@ -175,20 +174,12 @@ def build_data(cfg: PretrainConfig, accelerator: Accelerator) -> CropData:
     synthetic = None
     if cfg.data.root is None:
         with accelerator.main_process_first():
-            synthetic = synthetic_root(cfg.data.cache_dir, cfg.data.synthetic_ids,
-                                       cfg.data.synthetic_images_per_camera, seed=0)
+            synthetic = synthetic_root(cfg.data)
     source = resolve_crop_source(cfg.data.root, cfg.data.keypoints, synthetic)
     aug = cfg.augment
     # Mask-based batched ops pay off on a GPU; on a CPU the workers' per-crop code is faster.
     on_device = aug.device == "main_process" or (aug.device == "accelerator" and device.type != "cpu")
-    brightness, contrast, saturation, hue = aug.jitter
-    transform = MultiCropTransform(cfg.model.img_size, cfg.model.local_size, aug.n_local, aug.global_scale,
-                                   aug.local_scale, aug.ratio, flip_p=aug.flip_p, jitter_p=aug.jitter_p,
-                                   brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
-                                   grayscale_p=aug.grayscale_p, blur_p=aug.blur_p, solarize_p=aug.solarize_p,
-                                   mean=aug.mean, std=aug.std, photometric_on_device=on_device,
-                                   blur_sigma=blur_sigma_for(aug.blur_sigma, cfg.model.img_size[0],
-                                                             aug.blur_sigma_relative))
+    transform = MultiCropTransform(multicrop_spec(cfg.model, aug), photometric_on_device=on_device)
     device_augment = transform.device_photometric() if on_device else None
     with accelerator.main_process_first():  # the main process indexes once; the others read its file
         crops = build_pretrain_dataset(source, transform, cfg.data.min_height, cfg.data.max_aspect,

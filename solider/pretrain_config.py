@@ -2,6 +2,8 @@
 
 Defaults reproduce the official SOLIDER recipe (``run_solider.sh``: Swin-T, 8 GPUs x 48 images,
 100 epochs, 256x128 + 8 x 128x64 crops, DINO defaults); ``configs/pretrain/*.yaml`` override them.
+The keys fine-tuning has too are declared once in :mod:`solider.run_config`; the sections here add
+pretraining's own.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from solider import run_config as shared
 from solider.config import ConfigError, opt, section
-from solider.models.swin_config import SwinArch
 from solider.schedules import parse_span
 
 SPAN = "epochs (a number), 'N steps' or 'P%' of the run"
@@ -25,35 +27,24 @@ def _check_spans(section_name: str, obj: object, *names: str) -> None:
 
 
 @dataclass
-class ModelConfig(SwinArch):  # arch, embed_dim, depths, num_heads, window_size; arch_spec(); validate()
-    img_size: tuple[int, int] = opt((256, 128), "global crop height, width (official 256x128)")
+class ModelConfig(shared.ModelSection):  # the Swin arch keys, img_size, drop_path_rate, use_checkpoint
     local_size: tuple[int, int] = opt((128, 64), "local crop height, width (official 128x64)")
-    drop_path_rate: float = opt(0.1, "stochastic depth of the student (the teacher uses 0)", ge=0, lt=1)
-    use_checkpoint: bool = opt(False, "gradient checkpointing: less memory, ~30% slower")
 
 
 @dataclass
-class DataConfig:
-    root: str | None = opt(None, "folder tree of person crops or a list file; None = the synthetic "
-                                    "demo set, generated once into data.cache_dir")
+class DataConfig(shared.DataSection):  # root, num_workers, cache_dir, synthetic_*
     keypoints: str | None = opt(None, "keypoints file (COCO JSON, OpenPose CSV, JSONL); enables "
                                          "keypoint part labels for the images it covers")
     min_height: int = opt(0, "drop crops shorter than this (pixels)", ge=0)
     max_aspect: float = opt(1.0, "drop crops with width/height >= this (person crops are tall)", gt=0)
-    num_workers: int | None = opt(None, "data loader processes per training process; None = from the "
-                                        "cores available to the process, min(4, cores - 1)", ge=0)
-    cache_dir: str = opt(".cache/synthetic", "where the synthetic demo set is generated when root is None")
-    synthetic_ids: int = opt(60, "synthetic set: identities (train+test)", gt=1)
-    synthetic_images_per_camera: int = opt(4, "synthetic set: images per identity and camera", gt=0)
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(shared.AugmentSection):  # mean, std (ImageNet), flip_p
     n_local: int = opt(8, "local crops per image (official 8)", ge=0)
     global_scale: tuple[float, float] = opt((0.8, 1.0), "area range of global crops (official 0.8-1)")
     local_scale: tuple[float, float] = opt((0.05, 0.8), "area range of local crops (official 0.05-0.8)")
     ratio: tuple[float, float] = opt((0.4, 0.6), "aspect range w/h of the crops (0.4-0.6 for 256x128)")
-    flip_p: float = opt(0.5, "horizontal flip probability", ge=0, le=1)
     jitter_p: float = opt(0.8, "colour jitter probability", ge=0, le=1)
     jitter: tuple[float, float, float, float] = opt((0.4, 0.4, 0.2, 0.1), "colour jitter strength: "
                                                      "brightness, contrast, saturation, hue")
@@ -69,8 +60,6 @@ class AugmentConfig:
         "accelerator", "where the photometric ops run: accelerator = batched on the training device when "
         "it is a GPU (workers only crop and resize), in the workers on a CPU; workers; main_process = "
         "batched in the training process on any device")
-    mean: tuple[float, float, float] = opt((0.485, 0.456, 0.406), "normalisation mean (ImageNet)")
-    std: tuple[float, float, float] = opt((0.229, 0.224, 0.225), "normalisation std (ImageNet)")
 
 
 @dataclass
@@ -143,27 +132,9 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = opt(100, "training epochs", gt=0)
-    batch_size: int = opt(48, "images per process (official: 48 on each of 8 GPUs)", gt=0)
-    max_steps: int | None = opt(None, "stop after this many optimizer steps (smoke runs); schedules "
-                                         "still span train.epochs", gt=0)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = opt(
-        "auto", "auto: accelerate launch's setting, else bf16 on GPU and no on CPU")
-    compile: bool = opt(False, "torch.compile the student and teacher backbones")
-    log_every: int = opt(10, "steps between scalar logs", gt=0)
+class TrainConfig(shared.TrainSection):  # epochs, batch_size, max_steps, log_every, ...
     image_every: int = opt(500, "steps between crop/part-label images in TensorBoard (also of the first and "
                                 "the last batch); 0 disables", ge=0)
-    deterministic: bool = opt(False, "ask torch for deterministic kernels (CPU runs are exact anyway)")
-    cpu_threads: int = opt(0, "torch threads per process when running on the CPU; 0 = torch's default. "
-                              "1 suits the tiny demo model on a small or shared CPU", ge=0)
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = opt(1000, "steps between periodic checkpoints (last.pt is also written each epoch)",
-                           gt=0)
-    keep_last: int = opt(3, "periodic checkpoints kept", ge=1)
 
 
 @dataclass
@@ -180,12 +151,8 @@ class MonitorConfig:
 
 
 @dataclass
-class PretrainConfig:
-    output_dir: str = opt("runs/pretrain", "checkpoints, config.yaml, log.jsonl, tb/")
-    seed: int = opt(0, "random seed (CPU runs repeat bit for bit)")
-    resume: str | None = opt(None, "a checkpoint path, or auto for the newest in output_dir")
-    overwrite: bool = opt(False, "replace the results of an earlier run in output_dir (else refused; "
-                                 "resume=auto continues it)")
+class PretrainConfig(shared.RunConfig):  # output_dir, seed, resume, overwrite
+    output_dir: str = opt("runs/pretrain", "checkpoints/, config.yaml, log.jsonl, tb/")
     init: str | None = opt(None, "start from these weights with a fresh schedule (e.g. SOLIDER after "
                                  "DINO): our or an official pretraining checkpoint, or a backbone file")
     model: ModelConfig = section(ModelConfig, "backbone")
@@ -195,5 +162,5 @@ class PretrainConfig:
     semantic: SemanticConfig = section(SemanticConfig, "SOLIDER part labels and controller")
     optim: OptimConfig = section(OptimConfig, "AdamW and schedules")
     train: TrainConfig = section(TrainConfig, "loop")
-    checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoints")
+    checkpoint: shared.CheckpointSection = section(shared.CheckpointSection, "checkpoints")
     monitor: MonitorConfig = section(MonitorConfig, "representation monitor")

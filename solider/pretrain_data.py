@@ -1,34 +1,31 @@
-"""Data for pretraining: the crops (+ keypoints), the synthetic default, and the monitor split.
+"""Data for pretraining: the crops (+ keypoints), their multi-crop transform, and the monitor split.
 
 ``data.root`` may be a folder tree of crops, a list file, or a Market-format root (then only its
 ``bounding_box_train`` is used, so the monitor's query/gallery never leak into pretraining, and its
 ``keypoints.jsonl`` is picked up when ``data.keypoints`` is not given). With no
-``data.root``, the synthetic generator's data is written once into ``data.cache_dir`` and used.
+``data.root``, the synthetic set (:func:`solider.datatools.synthetic.synthetic_root`) is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
 from solider.data.image_check import drop_unreadable
 from solider.data.index_cache import cached_unlabeled_index
-from solider.data.keypoints import match_keypoints, normalize_key, read_keypoints
+from solider.data.keypoint_files import match_keypoints, normalize_key, read_keypoints
 from solider.data.market import MarketDataset, find_market_root, read_market1501
-from solider.data.multicrop import MultiCropTransform
-from solider.data.synthetic import generate_market_dataset
+from solider.data.multicrop_transform import MultiCropSpec, MultiCropTransform
+from solider.data.photometric import blur_sigma_for
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import index_unlabeled_images
+from solider.pretrain_config import AugmentConfig, ModelConfig
 from solider.utils.logging import get_logger
 
 logger = get_logger(__name__)
-
-SYNTHETIC_CAMERAS = 4
 
 
 @dataclass
@@ -37,22 +34,6 @@ class CropSource:
     keypoints: str | None  # keypoints file, or None
     keypoint_root: str | None  # root the keypoint keys are relative to
     market_root: str | None  # a labeled Market-format root usable by the monitor
-
-
-def synthetic_root(cache_dir: str | Path, ids: int, images_per_camera: int, seed: int) -> Path:
-    """Generate the synthetic Market-format set once (atomically) and return its folder."""
-    root = Path(cache_dir) / f"market_ids{ids}_cams{SYNTHETIC_CAMERAS}_ipc{images_per_camera}_seed{seed}"
-    if (root / "synthetic.json").is_file():
-        return root
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("generating the synthetic dataset into %s (once)", root)
-    generate_market_dataset(tmp, ids=ids, cameras=SYNTHETIC_CAMERAS, images_per_camera=images_per_camera,
-                            seed=seed)
-    if not (tmp / "synthetic.json").is_file():
-        (tmp / "synthetic.json").write_text(json.dumps({"ids": ids, "seed": seed}))
-    tmp.rename(root)
-    return root
 
 
 def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path | None) -> CropSource:
@@ -73,6 +54,16 @@ def resolve_crop_source(root: str | None, keypoints: str | None, synthetic: Path
             logger.info("using the keypoints in %s", keypoints)
         return CropSource(str(market / "bounding_box_train"), keypoints, str(market), str(market))
     return CropSource(str(path), keypoints, str(path if path.is_dir() else path.parent), None)
+
+
+def multicrop_spec(model: ModelConfig, augment: AugmentConfig) -> MultiCropSpec:
+    """The multi-crop transform's settings: the ``augment`` keys of the same names, the crop sizes of
+    ``model``, and the blur sigma scaled to the global crop height (``augment.blur_sigma_relative``)."""
+    same_names = {f.name: getattr(augment, f.name) for f in dataclasses.fields(MultiCropSpec)
+                  if hasattr(augment, f.name)}
+    same_names["blur_sigma"] = blur_sigma_for(augment.blur_sigma, model.img_size[0],
+                                              augment.blur_sigma_relative)
+    return MultiCropSpec(**same_names, global_size=model.img_size, local_size=model.local_size)
 
 
 def build_pretrain_dataset(source: CropSource, transform: MultiCropTransform, min_height: int,

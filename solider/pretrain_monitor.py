@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from eval.features import extract_features
 from eval.metrics import evaluate_features
 from solider.dino import effective_rank
-from solider.models.multicrop import MultiCropNet
+from solider.models.multicrop_net import MultiCropNet
 
 __all__ = ["NETWORKS", "CHARTS", "score_network", "run_monitor", "start_values"]
 

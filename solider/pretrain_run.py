@@ -18,7 +18,7 @@ from tqdm import tqdm
 from solider.config import to_dict
 from solider.data.shuffle_sampler import ShuffleBatchSampler
 from solider.dino import DINOLoss
-from solider.models.multicrop import MultiCropNet
+from solider.models.multicrop_net import MultiCropNet
 from solider.optim import set_optimizer_values
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_data import CropSource

@@ -25,9 +25,10 @@ from torch import Tensor, nn
 
 from solider.dino import DINOLoss, koleo_loss
 from solider.models.heads import cancel_last_layer_gradients
-from solider.models.multicrop import MultiCropNet, token_grid
+from solider.models.multicrop_net import MultiCropNet, token_grid
 from solider.optim import clip_gradients, ema_update_
-from solider.semantics import (
+from solider.pretrain_config import SemanticConfig
+from solider.semantic_supervision import (
     PartLabels,
     choose_part,
     cluster_part_labels,
@@ -42,6 +43,9 @@ from solider.utils.seed import sample_seed
 
 
 class SemanticSettings(NamedTuple):
+    """What the step reads of the ``semantic`` config section, under the same names (a test checks
+    that the two stay in step); :meth:`from_config` copies them by name."""
+
     enabled: bool = True
     weight_mode: str = "binary"  # "binary" {0,1} (official) or "uniform" U[0,1]
     fixed_weight: float | None = None  # overrides sampling (DINO-only runs: 0)
@@ -51,6 +55,13 @@ class SemanticSettings(NamedTuple):
     masking: bool = True
     loss_weight: float = 1.0
     static_shapes: bool = True  # mask every global crop, unlabelled ones weigh 0 (see METHOD.md)
+
+    @classmethod
+    def from_config(cls, semantic: SemanticConfig, static_shapes: bool) -> SemanticSettings:
+        """The section's values by name; ``static_shapes`` as resolved for the device (the section may
+        leave it None: decided by the device)."""
+        shared = {name: getattr(semantic, name) for name in cls._fields if name != "static_shapes"}
+        return cls(**shared, static_shapes=static_shapes)
 
 
 HOST_KEYS = ("index", "has_keypoints")  # batch entries the step reads on the host: keep them on the CPU

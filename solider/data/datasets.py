@@ -25,7 +25,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from solider.data.images import DEFAULT_MAX_SIDE, ImageDecodeError, load_image, load_image_tensor
 from solider.data.market import ReIDRecord
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.transforms import ReIDTransform
 from solider.data.unlabeled import ImageEntry
 from solider.utils.logging import get_logger

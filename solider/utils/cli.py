@@ -64,6 +64,21 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return parser.parse_intermixed_args(argv)
 
 
+def module_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a tool run as ``python -m module``: its docstring is the help, kept as written."""
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """An argparse ``type`` for image sizes written ``HEIGHTxWIDTH`` (``256x128``)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 256x128, got {text!r}") from None
+    return h, w
+
+
 def resolve_base_config(args: argparse.Namespace, demo: Path, official: str) -> str:
     """Apply the base-config rule to parsed ``args`` (sets ``args.config``); return a description
     of where the config comes from, for the run summary.

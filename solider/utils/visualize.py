@@ -43,7 +43,7 @@ def part_overlay_grid(images: torch.Tensor, labels: torch.Tensor, valid: torch.T
     return torch.cat([strip, part_legend(strip.shape[2], num_parts)], dim=1)
 
 
-# Part names by number of parts (solider.semantic_keypoints; clusters are sorted top to bottom too).
+# Part names by number of parts (solider.keypoint_part_labels; clusters are sorted top to bottom too).
 PART_NAMES = {3: ("upper body", "lower body", "feet"), 4: ("head", "torso+arms", "legs", "feet"),
               5: ("head", "torso+arms", "thighs", "shins", "feet")}
 

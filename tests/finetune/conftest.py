@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from solider.data.synthetic import generate_market_dataset
+from solider.datatools.synthetic import generate_market_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "finetune" / "demo.yaml"

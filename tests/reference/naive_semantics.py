@@ -1,4 +1,4 @@
-"""Naive references for solider.semantics, written from the SOLIDER description (official
+"""Naive references for solider.semantic_supervision, written from the SOLIDER description (official
 ``utils.get_mask``, reference notes solider.md section 2.1-2.3), plus planted test inputs.
 
 - :func:`naive_cluster_part_labels`: per image, on the CPU, with scikit-learn's KMeans (the

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from solider.data.synthetic import generate_market_dataset
+from solider.datatools.synthetic import generate_market_dataset
 from tests.finetune.conftest import one_thread  # noqa: F401 (autouse; one thread, like runs.py)
 from tests.reliability.runs import FINETUNE, PRETRAIN, Background, finetune_args, pretrain_args
 

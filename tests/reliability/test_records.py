@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from finetune.run import main as finetune_main
-from solider.data.keypoints import read_coco_keypoints, read_keypoints_jsonl, read_openpose_csv
-from solider.data.kitti import SamplingRules, convert_kitti_to_market
+from solider.data.keypoint_files import read_coco_keypoints, read_keypoints_jsonl, read_openpose_csv
 from solider.data.market import read_market1501
+from solider.datatools.kitti_to_market import SamplingRules, convert_kitti_to_market
 from solider.pretrain import main as pretrain_main
 from tests.reliability.runs import finetune_args, pretrain_args
 

@@ -153,3 +153,15 @@ def test_flat_keys_describe_and_cli(capsys):
     with pytest.raises(SystemExit):
         config_from_args(Schema, parser.parse_args(["--print-config", "seed=9"]))
     assert "seed: 9" in capsys.readouterr().out
+
+
+def test_a_shared_section_takes_the_schemas_own_defaults():
+    @dataclass
+    class Other:
+        model: ModelSection = section(ModelSection, "backbone", img_size=(384, 128))
+
+    assert Other().model.img_size == (384, 128) and Schema().model.img_size == (256, 128)
+    assert load_config(Other, None, ["model.arch=x"]).model.img_size == (384, 128)
+    assert "model.img_size = [384, 128]" in describe(Other)
+    with pytest.raises(TypeError, match="no keys"):
+        section(ModelSection, "backbone", img_sise=(1, 1))

@@ -4,7 +4,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from solider.models.heads import DINOHead
-from solider.models.multicrop import MultiCropNet
+from solider.models.multicrop_net import MultiCropNet
 from solider.models.swin import build_swin
 
 TINY = {"embed_dim": 8, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from solider.config import load_config, to_dict
-from solider.data.synthetic import generate_market_dataset
+from solider.datatools.synthetic import generate_market_dataset
 from solider.part_agreement import _percent, agreement, main, mask_to_grid, measure
 from solider.pretrain import build_networks
 from solider.pretrain_config import PretrainConfig

@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from solider.checkpoint import safe_load
-from solider.data.synthetic import generate_market_dataset
+from solider.datatools.synthetic import generate_market_dataset
 from solider.models.swin import build_swin
 from solider.models.swin_weights import export_official, load_backbone_weights
 from solider.pretrain import main

@@ -14,7 +14,7 @@ from solider.dino import DINOLoss
 from solider.pretrain import build_networks
 from solider.pretrain_config import PretrainConfig
 from solider.pretrain_step import SemanticSettings, solider_step
-from solider.semantics import part_classification_loss
+from solider.semantic_supervision import part_classification_loss
 
 
 def _tiny_cfg() -> PretrainConfig:
@@ -174,3 +174,23 @@ def test_the_static_step_reads_only_host_tensors(monkeypatch):
     assert static and all(any(ok in line for ok in _HOST_READS) for line in static), static
     official = _host_reads(monkeypatch, step(settings._replace(static_shapes=False)))
     assert any("nonzero" in line for line in official), official
+
+
+def test_semantic_settings_are_the_semantic_section_by_name():
+    """The step's settings copy the ``semantic`` section by name: a key added to one and not the other
+    fails here (the two keys left out configure the part head, which the step does not build)."""
+    import dataclasses
+
+    from solider.pretrain_config import SemanticConfig
+
+    section_keys = {f.name for f in dataclasses.fields(SemanticConfig)}
+    assert section_keys - set(SemanticSettings._fields) == {"train_part_head", "part_head_layers"}
+    assert set(SemanticSettings._fields) <= section_keys
+    cfg = load_config(PretrainConfig, None, ["semantic.weight_mode=uniform", "semantic.fixed_weight=0.3",
+                                             "semantic.num_parts=5", "semantic.label_source=clustering",
+                                             "semantic.min_foreground=0.25", "semantic.masking=false",
+                                             "semantic.loss_weight=2", "semantic.enabled=false"])
+    settings = SemanticSettings.from_config(cfg.semantic, static_shapes=False)
+    for name in SemanticSettings._fields:
+        expected = False if name == "static_shapes" else getattr(cfg.semantic, name)
+        assert getattr(settings, name) == expected, name

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from solider.models.heads import DINOHead
-from solider.semantics import (
+from solider.semantic_supervision import (
     SOURCE_CLUSTERING,
     SOURCE_KEYPOINTS,
     SOURCE_NONE,

@@ -55,7 +55,7 @@ def bad_images(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A small synthetic Market-layout set shared by the tests of this package (128x64 crops)."""
-    from solider.data.synthetic import generate_market_dataset
+    from solider.datatools.synthetic import generate_market_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_market_dataset(

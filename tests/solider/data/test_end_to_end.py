@@ -6,9 +6,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
-from solider.data.keypoints import match_keypoints, read_keypoints
+from solider.data.keypoint_files import match_keypoints, read_keypoints
 from solider.data.market import read_market1501
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.sampler import PKBatchSampler
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
 from solider.data.unlabeled import index_unlabeled_images

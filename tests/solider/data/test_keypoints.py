@@ -8,17 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from solider.data.keypoints import (
-    COCO17_NAMES,
-    FLIP_INDEX,
-    OPENPOSE18_NAMES,
-    ORA16_NAMES,
-    canonical_basename,
-    match_keypoints,
-    read_keypoints,
-    sanitize,
-    to_coco17,
-)
+from solider.data.keypoint_files import canonical_basename, match_keypoints, read_keypoints
+from solider.data.skeleton import COCO17_NAMES, FLIP_INDEX, OPENPOSE18_NAMES, ORA16_NAMES, sanitize, to_coco17
 
 # The documented ORA-16 -> COCO-17 mapping (docs/DATA.md), written out independently of the code.
 ORA_TO_COCO = {"nose": "Head", "left_shoulder": "Left_Shoulder", "right_shoulder": "Right_Shoulder",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from solider.data.keypoints import match_keypoints, read_keypoints
-from solider.data.kitti import (
+from solider.data.keypoint_files import match_keypoints, read_keypoints
+from solider.data.market import read_market1501
+from solider.datatools.kitti_to_market import (
     Box,
     SamplingRules,
     apply_rules,
@@ -18,8 +19,7 @@ from solider.data.kitti import (
     main,
     read_kitti_boxes,
 )
-from solider.data.market import read_market1501
-from solider.data.synthetic_kitti import generate_kitti_dataset
+from solider.datatools.synthetic_kitti import generate_kitti_dataset
 from tests.solider.data.conftest import write_jpeg
 
 

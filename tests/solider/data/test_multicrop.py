@@ -8,8 +8,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from solider.data.keypoints import FLIP_INDEX
-from solider.data.multicrop import MultiCropTransform, transform_keypoints
+from solider.data.multicrop_transform import MultiCropTransform, transform_keypoints
+from solider.data.skeleton import FLIP_INDEX
 
 
 def _image(h: int = 160, w: int = 64, seed: int = 0) -> torch.Tensor:
@@ -95,7 +95,7 @@ def test_pil_input_and_bad_tensor():
 def test_crop_box_follows_torchvision():
     from torchvision.transforms import RandomResizedCrop
 
-    from solider.data.multicrop import UNIFORMS_PER_CROP, random_resized_crop_box
+    from solider.data.multicrop_transform import UNIFORMS_PER_CROP, random_resized_crop_box
 
     torch.manual_seed(0)
     img = torch.zeros(3, 300, 50)
@@ -111,3 +111,24 @@ def test_crop_box_follows_torchvision():
         aspect = lambda boxes: np.mean([w / h for _, _, h, w in boxes])
         assert abs(area(ours) - area(ref)) < 0.03 and abs(aspect(ours) - aspect(ref)) < 0.03
     assert random_resized_crop_box(1, 1, (0.05, 0.8), (0.4, 0.6), [0.5] * UNIFORMS_PER_CROP) == (0, 0, 1, 1)
+
+
+def test_the_spec_is_the_augment_section_by_name():
+    """The pretraining transform takes the ``augment`` section by name: a key added to one and not the
+    other fails here (each side's extras are listed with where they come from)."""
+    import dataclasses
+
+    from solider.config import load_config
+    from solider.data.multicrop_transform import MultiCropSpec
+    from solider.pretrain_config import AugmentConfig, PretrainConfig
+    from solider.pretrain_data import multicrop_spec
+
+    spec_keys = {f.name for f in dataclasses.fields(MultiCropSpec)}
+    section_keys = {f.name for f in dataclasses.fields(AugmentConfig)}
+    assert section_keys - spec_keys == {"blur_sigma_relative", "device"}  # read by multicrop_spec / pretrain
+    assert spec_keys - section_keys == {"global_size", "local_size", "solarize_threshold", "interpolation"}
+    cfg = load_config(PretrainConfig, None, ["model.img_size=128x64", "model.local_size=64x32",
+                                             "augment.n_local=3", "augment.jitter=[0.1,0.2,0.3,0.05]"])
+    spec = multicrop_spec(cfg.model, cfg.augment)
+    assert (spec.global_size, spec.local_size, spec.n_local) == ((128, 64), (64, 32), 3)
+    assert spec.jitter == (0.1, 0.2, 0.3, 0.05) and spec.blur_sigma == (0.05, 1.0)  # relative to 256 high

@@ -9,7 +9,7 @@ import traceback
 import pytest
 import torch
 
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.photometric import COLUMNS, NUM_PARAMS, apply_photometric, blur_sigma_for, draw_params
 from solider.utils.seed import PerSampleSeeded
 

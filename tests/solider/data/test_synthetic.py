@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from solider.data.keypoints import match_keypoints, read_keypoints
+from solider.data.keypoint_files import match_keypoints, read_keypoints
 from solider.data.market import read_market1501
-from solider.data.synthetic import generate_market_dataset, main
+from solider.datatools.synthetic import generate_market_dataset, main
 
 
 def test_layout_and_counts(synthetic_root):

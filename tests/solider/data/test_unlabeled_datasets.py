@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from solider.data.datasets import MultiCropDataset, ReIDImageDataset
 from solider.data.images import ImageDecodeError
 from solider.data.market import ReIDRecord
-from solider.data.multicrop import MultiCropTransform
+from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.transforms import build_reid_test_transform
 from solider.data.unlabeled import index_unlabeled_images, list_images
 from tests.solider.data.conftest import write_jpeg

@@ -20,7 +20,10 @@ pixel, and the three lines here are faster than tv_tensor dispatch for 17 points
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +32,8 @@ from torchvision.transforms import InterpolationMode
 
 from solider.data import photometric
 from solider.data.images import pil_to_tensor
-from solider.data.keypoints import FLIP_INDEX, NUM_JOINTS
 from solider.data.photometric import DevicePhotometric
+from solider.data.skeleton import FLIP_INDEX, NUM_JOINTS
 from solider.data.transforms import IMAGENET_MEAN, IMAGENET_STD, interpolation_mode, resize_crop
 
 
@@ -103,36 +106,59 @@ def transform_keypoints(kpts: np.ndarray, box: tuple[int, int, int, int], out_si
     return out
 
 
+@dataclass(frozen=True)
+class MultiCropSpec:
+    """What the transform does (SOLIDER ``run_dino.sh`` values by default). The names are those of the
+    pretraining config's ``augment`` keys, so the spec is built from that section by name
+    (:func:`solider.pretrain_data.multicrop_spec`); the crop sizes are ``model.img_size`` and
+    ``model.local_size``."""
+
+    global_size: tuple[int, int] = (256, 128)
+    local_size: tuple[int, int] = (128, 64)
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.8, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.8)
+    ratio: tuple[float, float] = (0.4, 0.6)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global crop 1, global crop 2, local crops
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.2  # global crop 2 only
+    solarize_threshold: int = 128
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"
+
+
 class MultiCropTransform:
     """Callable: (image, keypoints or None) -> dict of crops, as ``MultiCropDataset`` items need.
 
     Output (the contract of ``solider.data``): ``global_crops`` (2, 3, Hg, Wg) and ``local_crops``
     (n_local, 3, Hl, Wl) normalised float32; ``global_keypoints`` (2, 17, 3) float32 in each global
     crop's pixels; ``has_keypoints`` bool.
+
+    Takes a :class:`MultiCropSpec`, and/or its fields by name (``MultiCropTransform(n_local=2)``),
+    which replace the spec's.
     """
 
-    def __init__(self, global_size: tuple[int, int] = (256, 128), local_size: tuple[int, int] = (128, 64),
-                 n_local: int = 8, global_scale: tuple[float, float] = (0.8, 1.0),
-                 local_scale: tuple[float, float] = (0.05, 0.8), ratio: tuple[float, float] = (0.4, 0.6),
-                 flip_p: float = 0.5, jitter_p: float = 0.8, brightness: float = 0.4, contrast: float = 0.4,
-                 saturation: float = 0.2, hue: float = 0.1, grayscale_p: float = 0.2,
-                 blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
-                 blur_sigma: tuple[float, float] = (0.1, 2.0), solarize_p: float = 0.2,
-                 solarize_threshold: int = 128, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, interpolation: str = "bicubic",
-                 photometric_on_device: bool = False):
-        if n_local < 0:
-            raise ValueError(f"n_local must be >= 0, got {n_local}")
-        self.global_size, self.local_size, self.n_local = tuple(global_size), tuple(local_size), n_local
-        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
-        self.ratio = tuple(ratio)
-        self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
-        self.jitter = (brightness, contrast, saturation, hue)
-        self.blur_p, self.blur_sigma = tuple(blur_p), tuple(blur_sigma)
-        self.solarize_p, self.solarize_threshold = solarize_p, solarize_threshold
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.interpolation: InterpolationMode = interpolation_mode(interpolation)
+    def __init__(self, spec: MultiCropSpec | None = None, photometric_on_device: bool = False, **fields: Any):
+        spec = dataclasses.replace(spec or MultiCropSpec(), **fields)
+        if spec.n_local < 0:
+            raise ValueError(f"n_local must be >= 0, got {spec.n_local}")
+        self.spec = spec
+        self.global_size, self.local_size = tuple(spec.global_size), tuple(spec.local_size)
+        self.n_local = spec.n_local
+        self.global_scale, self.local_scale = tuple(spec.global_scale), tuple(spec.local_scale)
+        self.ratio = tuple(spec.ratio)
+        self.flip_p, self.jitter_p, self.grayscale_p = spec.flip_p, spec.jitter_p, spec.grayscale_p
+        self.jitter = tuple(spec.jitter)
+        self.blur_p, self.blur_sigma = tuple(spec.blur_p), tuple(spec.blur_sigma)
+        self.solarize_p, self.solarize_threshold = spec.solarize_p, spec.solarize_threshold
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.interpolation: InterpolationMode = interpolation_mode(spec.interpolation)
         self.photometric_on_device = photometric_on_device
 
     def device_photometric(self) -> DevicePhotometric:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from solider.data.synthetic_people import (
+from solider.datatools.synthetic_people import (
     BAG,
     BOTTOM,
     BOTTOM2,

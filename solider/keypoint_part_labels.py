@@ -2,7 +2,7 @@
 
 Our addition to SOLIDER (the official code only clusters tokens): where a crop has keypoints, its
 part labels come from the body, not from the teacher's features. Used through
-:func:`solider.semantics.keypoint_part_labels`; see docs/METHOD.md for the region definitions.
+:func:`solider.semantic_supervision.keypoint_part_labels`; see docs/METHOD.md for the region definitions.
 """
 
 from __future__ import annotations

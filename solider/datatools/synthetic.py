@@ -1,23 +1,24 @@
 """Synthetic person-ReID data in the Market-1501 layout (and KITTI frames for the converter).
 
-    python -m solider.data.synthetic --out DIR [--ids N --cameras C --images-per-camera K --seed S
-                                      --size 256x128 --distractors D --kitti]
+    python -m solider.datatools.synthetic --out DIR [--ids N --cameras C --images-per-camera K --seed S
+                                                --size 256x128 --distractors D --kitti]
 
 Writes ``bounding_box_train/`` (the first half of the identities), ``query/`` (per test identity and
 camera its first image) and ``bounding_box_test/`` (the rest, plus ``D`` ``0000`` distractors), file
 names ``PPPP_cCsS_FFFFFF_BB.jpg``; ``keypoints.jsonl`` (exact COCO-17 keypoints of every image, path
 relative to DIR); ``masks/<split folder>/<stem>.png`` (0 background, 1 head+torso+arms, 2 legs,
 3 feet); ``synthetic.json`` (the arguments and counts). The same seed writes the same bytes.
-``--kitti`` writes camera frames with KITTI labels instead (see ``solider.data.synthetic_kitti``).
+``--kitti`` writes camera frames with KITTI labels instead (see ``solider.datatools.synthetic_kitti``).
 
 Python API: ``generate_market_dataset(out, ids=..., cameras=..., images_per_camera=..., seed=...,
-size=(256, 128), distractors=0) -> dict``.
+size=(256, 128), distractors=0) -> dict``; ``synthetic_root(data)``: the set both trainers use when
+``data.root`` is not set, generated once into ``data.cache_dir``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from solider.data import synthetic_cameras as cams
-from solider.data.keypoints import sanitize
-from solider.data.synthetic_people import PALETTE, Appearance, sample_appearance, sample_pose
-from solider.data.synthetic_render import render_person
+from solider.data.keypoint_files import keypoints_jsonl_line
+from solider.data.market import MARKET_SPLITS
+from solider.data.skeleton import sanitize
+from solider.datatools import synthetic_cameras as cams
+from solider.datatools.synthetic_kitti import generate_kitti_dataset
+from solider.datatools.synthetic_people import (
+    PALETTE,
+    Appearance,
+    identity_appearance,
+    sample_appearance,
+    sample_pose,
+)
+from solider.datatools.synthetic_render import render_person
+from solider.run_config import DataSection
+from solider.utils.cli import module_parser, parse_size
+from solider.utils.logging import get_logger
 
-SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
+logger = get_logger(__name__)
+
+SPLIT_FOLDERS = tuple(MARKET_SPLITS.values())
 FPS_STEP = 25  # frame numbers advance like one second of 25 fps video between images
+SYNTHETIC_CAMERAS, SYNTHETIC_SEED = 4, 0  # of the trainers' default set (synthetic_root)
 
 
 @dataclass
@@ -39,10 +55,6 @@ class CropRender:
     image: np.ndarray  # (H, W, 3) uint8
     part: np.ndarray  # (H, W) uint8
     keypoints: np.ndarray  # (17, 3) float32
-
-
-def identity_appearance(seed: int, pid: int) -> Appearance:
-    return sample_appearance(np.random.default_rng([seed, 0, pid]))
 
 
 def make_cameras(seed: int, count: int, size: tuple[int, int]) -> list[cams.Camera]:
@@ -109,43 +121,26 @@ class _Item:
         return f"{self.pid:04d}_c{self.camera + 1}s1_{self.frame:06d}_00.jpg"
 
 
-def plan_market_items(
-    ids: int, cameras: int, images_per_camera: int, seed: int, distractors: int
-) -> list[_Item]:
+def plan_market_items(ids: int, cameras: int, images_per_camera: int, seed: int, distractors: int
+                      ) -> list[_Item]:
     """Which image goes where: train ids 1..ids//2, test ids after; one query per test id and camera."""
     n_train = ids // 2
     items = []
     for pid in range(1, ids + 1):
         for cam in range(cameras):
             for k in range(images_per_camera):
-                split = (
-                    "bounding_box_train" if pid <= n_train else ("query" if k == 0 else "bounding_box_test")
-                )
-                items.append(
-                    _Item(split, pid, cam, (pid * images_per_camera + k) * FPS_STEP, (seed, 2, pid, cam, k))
-                )
+                test_split = "query" if k == 0 else "bounding_box_test"
+                split = "bounding_box_train" if pid <= n_train else test_split
+                frame = (pid * images_per_camera + k) * FPS_STEP
+                items.append(_Item(split, pid, cam, frame, (seed, 2, pid, cam, k)))
     for d in range(distractors):
-        items.append(
-            _Item(
-                "bounding_box_test",
-                0,
-                d % cameras,
-                (ids * images_per_camera + d + 1) * FPS_STEP,
-                (seed, 3, d),
-            )
-        )
+        frame = (ids * images_per_camera + d + 1) * FPS_STEP
+        items.append(_Item("bounding_box_test", 0, d % cameras, frame, (seed, 3, d)))
     return items
 
 
-def generate_market_dataset(
-    out: str | Path,
-    ids: int = 100,
-    cameras: int = 4,
-    images_per_camera: int = 4,
-    seed: int = 0,
-    size: tuple[int, int] = (256, 128),
-    distractors: int = 0,
-) -> dict:
+def generate_market_dataset(out: str | Path, ids: int = 100, cameras: int = 4, images_per_camera: int = 4,
+                            seed: int = 0, size: tuple[int, int] = (256, 128), distractors: int = 0) -> dict:
     """Write a synthetic Market-1501-layout dataset to ``out`` (see the module docstring).
 
     Args:
@@ -161,9 +156,8 @@ def generate_market_dataset(
         Summary: images per split, identities, cameras, and render / write seconds.
     """
     if ids < 2 or cameras < 2 or images_per_camera < 1:
-        raise ValueError(
-            f"need ids >= 2, cameras >= 2, images_per_camera >= 1; got {ids}, {cameras}, {images_per_camera}"
-        )
+        raise ValueError(f"need ids >= 2, cameras >= 2, images_per_camera >= 1; got {ids}, {cameras}, "
+                         f"{images_per_camera}")
     out = Path(out)
     for folder in SPLIT_FOLDERS:
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -188,78 +182,59 @@ def generate_market_dataset(
     (out / "keypoints.jsonl").write_text("\n".join(lines) + "\n")
     counts = {f: sum(line.startswith(f'{{"image": "{f}/') for line in lines) for f in SPLIT_FOLDERS}
     summary = {  # no paths or timings in the file: the same seed writes the same bytes
-        "ids": ids,
-        "train_ids": ids // 2,
-        "test_ids": ids - ids // 2,
-        "cameras": cameras,
-        "images_per_camera": images_per_camera,
-        "distractors": distractors,
-        "seed": seed,
-        "size": list(size),
-        "images": counts,
-    }
+        "ids": ids, "train_ids": ids // 2, "test_ids": ids - ids // 2, "cameras": cameras,
+        "images_per_camera": images_per_camera, "distractors": distractors, "seed": seed, "size": list(size),
+        "images": counts}
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {**summary, "out": str(out), "render_s": render_s, "write_s": write_s}
+
+
+def synthetic_root(data: DataSection) -> Path:
+    """The data of both trainers when ``data.root`` is not set: the synthetic Market-format set of
+    ``data.synthetic_ids`` and ``data.synthetic_images_per_camera``, generated once (atomically) into
+    ``data.cache_dir``, so that the demo's pretraining and fine-tuning share one."""
+    ids, per_camera = data.synthetic_ids, data.synthetic_images_per_camera
+    name = f"market_ids{ids}_cams{SYNTHETIC_CAMERAS}_ipc{per_camera}_seed{SYNTHETIC_SEED}"
+    root = Path(data.cache_dir) / name
+    if (root / "synthetic.json").is_file():
+        return root
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("generating the synthetic dataset into %s (once)", root)
+    generate_market_dataset(tmp, ids=ids, cameras=SYNTHETIC_CAMERAS, images_per_camera=per_camera,
+                            seed=SYNTHETIC_SEED)
+    tmp.rename(root)
+    return root
 
 
 def _write_crop(out: Path, item: _Item, crop: CropRender, quality: int) -> str:
     """Save the JPEG and the part mask; return the crop's keypoints.jsonl line."""
     rel = f"{item.split}/{item.name}"
     Image.fromarray(crop.image).save(out / rel, quality=quality)
-    Image.fromarray(crop.part).save(
-        out / "masks" / item.split / (Path(item.name).stem + ".png"), compress_level=1
-    )
-    kpts = np.round(crop.keypoints.astype(np.float64), 2).tolist()
-    return json.dumps({"image": rel, "format": "coco17", "keypoints": kpts})
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 256x128, got {text!r}") from None
-    return h, w
+    mask = out / "masks" / item.split / (Path(item.name).stem + ".png")
+    Image.fromarray(crop.part).save(mask, compress_level=1)
+    return keypoints_jsonl_line(rel, crop.keypoints)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m solider.data.synthetic",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = module_parser("solider.datatools.synthetic", __doc__)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--ids", type=int, default=100, help="identities (half train, half test)")
     parser.add_argument("--cameras", type=int, default=4)
     parser.add_argument("--images-per-camera", type=int, default=4, help="images per identity and camera")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=_size, default=(256, 128), help="crop HEIGHTxWIDTH (Market layout)")
+    parser.add_argument("--size", type=parse_size, default=(256, 128),
+                        help="crop HEIGHTxWIDTH (Market layout)")
     parser.add_argument("--distractors", type=int, default=0, help="0000 gallery distractors")
-    parser.add_argument(
-        "--kitti",
-        action="store_true",
-        help="write 360x640 camera frames with KITTI labels instead (no --size / --distractors)",
-    )
+    parser.add_argument("--kitti", action="store_true", help="write 360x640 camera frames with KITTI labels "
+                                                             "instead (no --size / --distractors)")
     args = parser.parse_args(argv)
+    common = dict(ids=args.ids, cameras=args.cameras, images_per_camera=args.images_per_camera,
+                  seed=args.seed)
     if args.kitti:
-        from solider.data.synthetic_kitti import generate_kitti_dataset
-
-        summary = generate_kitti_dataset(
-            args.out,
-            ids=args.ids,
-            cameras=args.cameras,
-            images_per_camera=args.images_per_camera,
-            seed=args.seed,
-        )
+        summary = generate_kitti_dataset(args.out, **common)
     else:
-        summary = generate_market_dataset(
-            args.out,
-            ids=args.ids,
-            cameras=args.cameras,
-            images_per_camera=args.images_per_camera,
-            seed=args.seed,
-            size=args.size,
-            distractors=args.distractors,
-        )
+        summary = generate_market_dataset(args.out, **common, size=args.size, distractors=args.distractors)
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -267,4 +242,4 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     from solider.utils.cli import run_entry
 
-    run_entry(main, "python -m solider.data.synthetic")
+    run_entry(main, "python -m solider.datatools.synthetic")

@@ -1,19 +1,11 @@
-"""Keypoint files -> the one internal skeleton: COCO-17 order, float32 (17, 3) = [x, y, visibility].
-
-Coordinates are pixels of the image the keypoints belong to, continuous convention: the image covers
-[0, W] x [0, H] and pixel i spans [i, i+1). Visibility 0 means missing (x = y = 0); 1 labelled but
-occluded; 2 visible (COCO semantics). Readers:
+"""Keypoint files -> per-image keypoints on the COCO-17 skeleton (:mod:`solider.data.skeleton`). Readers:
 
 - COCO keypoint JSON (``images`` + ``annotations`` with 51 numbers ``[x, y, v] * 17``);
 - the OpenPose-18 CSV published for Market-1501 (``name:keypoints_y:keypoints_x``, -1 = missing);
 - JSONL lines ``{"image": ..., "format": "coco17" | "openpose18" | "ora16", "keypoints": [[x, y, v], ...]}``
   (``[x, y]`` pairs are accepted, visibility 2 then).
 
-Mapping into COCO-17 (documented in docs/DATA.md): OpenPose-18 drops the neck; ORA-16 maps Head ->
-nose (the only COCO joint at the head; ORA's head joint sits at the head centre, a few pixels behind
-the nose), Shoulder/Elbow -> same, Hand -> wrist, Thigh -> hip, Knee -> knee, Foot -> ankle; ORA's
-Pelvis and Toes are dropped and COCO's eyes and ears are missing.
-
+:func:`match_keypoints` then finds each dataset image's entry (by relative path, else by basename).
 NaN coordinates, and points outside the image when its size is known, become missing.
 """
 
@@ -31,66 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from solider.data.images import IMAGE_EXTENSIONS
+from solider.data.skeleton import NUM_JOINTS, sanitize, to_coco17
 from solider.utils.cli import UserError
 from solider.utils.logging import get_logger, log_skipped
 
 logger = get_logger(__name__)
-
-COCO17_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-                "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-                "left_knee", "right_knee", "left_ankle", "right_ankle")
-NUM_JOINTS = 17
-# Index of the mirrored joint: a horizontal flip moves keypoint j to slot FLIP_INDEX[j].
-FLIP_INDEX = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
-OPENPOSE18_NAMES = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
-                    "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip",
-                    "left_knee", "left_ankle", "right_eye", "left_eye", "right_ear", "left_ear")
-ORA16_NAMES = ("Pelvis", "Head", "Left_Shoulder", "Left_Elbow", "Left_Hand", "Right_Shoulder", "Right_Elbow",
-               "Right_Hand", "Left_Thigh", "Left_Knee", "Left_Foot", "Left_Toe", "Right_Thigh", "Right_Knee",
-               "Right_Foot", "Right_Toe")
-# Source joint for each COCO-17 slot (-1: no source joint, always missing).
-_FROM_OPENPOSE18 = (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
-_FROM_ORA16 = (1, -1, -1, -1, -1, 2, 5, 3, 6, 4, 7, 8, 12, 9, 13, 10, 14)
-_SOURCES = {"coco17": tuple(range(17)), "openpose18": _FROM_OPENPOSE18, "ora16": _FROM_ORA16}
-FORMAT_JOINTS = {"coco17": 17, "openpose18": 18, "ora16": 16}
-
-
-def to_coco17(points: np.ndarray | Sequence, fmt: str) -> np.ndarray:
-    """Map (..., J, 2) or (..., J, 3) source joints of format ``fmt`` to COCO-17 (..., 17, 3) float32.
-
-    2-column input gets visibility 2; points with visibility <= 0 or a NaN coordinate become missing.
-
-    Raises:
-        ValueError: unknown format or a joint count that does not match it.
-    """
-    if fmt not in _SOURCES:
-        raise ValueError(f"unknown keypoint format {fmt!r}; expected one of {sorted(_SOURCES)}")
-    arr = np.asarray(points, dtype=np.float64)
-    if arr.ndim < 2 or arr.shape[-2] != FORMAT_JOINTS[fmt] or arr.shape[-1] not in (2, 3):
-        raise ValueError(f"{fmt} keypoints must have shape ({FORMAT_JOINTS[fmt]}, 2 or 3), got {arr.shape}")
-    if arr.shape[-1] == 2:
-        arr = np.concatenate([arr, np.full(arr.shape[:-1] + (1,), 2.0)], axis=-1)
-    src = np.asarray(_SOURCES[fmt])
-    out = arr[..., np.maximum(src, 0), :]
-    out[..., src < 0, :] = 0.0
-    return sanitize(out)
-
-
-def sanitize(kpts: np.ndarray, image_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Missing -> [0, 0, 0]: visibility <= 0, NaN/inf coordinates, or outside [0, W] x [0, H] if known.
-
-    Works on (17, 3) or batched (..., 17, 3) arrays; returns a new float32 array.
-    """
-    kpts = np.array(kpts, dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        ok = (kpts[..., 2] > 0) & np.isfinite(kpts).all(axis=-1)
-        if image_size is not None:
-            w, h = image_size
-            x, y = kpts[..., 0], kpts[..., 1]
-            ok &= (x >= 0) & (x <= w) & (y >= 0) & (y <= h)
-    kpts[~ok] = 0.0
-    kpts[..., 2] = np.where(ok, np.clip(kpts[..., 2], 1, 2), 0.0)
-    return kpts
 
 
 @dataclass
@@ -325,6 +262,13 @@ def read_keypoints_jsonl(path: str | Path) -> KeypointTable:
     return KeypointTable(str(path), entries, sizes)
 
 
+def keypoints_jsonl_line(image: str, kpts: np.ndarray) -> str:
+    """One line of the JSONL format that :func:`read_keypoints_jsonl` reads: COCO-17 joints of ``image``
+    (a path relative to the file's folder), rounded to 0.01 px. The data tools write their files with it."""
+    return json.dumps({"image": image, "format": "coco17",
+                       "keypoints": np.round(np.asarray(kpts).astype(np.float64), 2).tolist()})
+
+
 def normalize_key(name: str) -> str:
     """Posix separators, no leading './'."""
     key = name.replace(os.sep, "/").replace("\\", "/")
@@ -406,13 +350,3 @@ def match_keypoints(image_paths: Sequence[str], table: KeypointTable, root: str 
     matched = len(image_paths) - sum(k is None for k in out)
     logger.info("keypoints from %s for %d of %d images", table.source, matched, len(image_paths))
     return out
-
-
-def missing_keypoints() -> np.ndarray:
-    """All-missing (17, 3) array."""
-    return np.zeros((NUM_JOINTS, 3), dtype=np.float32)
-
-
-def is_all_missing(kpts: np.ndarray | None) -> bool:
-    return kpts is None or not bool((np.asarray(kpts)[:, 2] > 0).any())
-

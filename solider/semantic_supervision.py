@@ -22,7 +22,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from solider.semantic_keypoints import keypoint_part_labels
+from solider.keypoint_part_labels import keypoint_part_labels
 
 __all__ = ["SOURCE_NONE", "SOURCE_KEYPOINTS", "SOURCE_CLUSTERING", "PartLabels", "sample_semantic_weights",
            "to_crop_major", "expand_to_crops", "cluster_part_labels", "keypoint_part_labels",

@@ -1,4 +1,4 @@
-"""Synthetic multi-camera frames with KITTI labels: the input of ``solider.data.kitti``.
+"""Synthetic multi-camera frames with KITTI labels: the input of ``solider.datatools.kitti_to_market``.
 
 Layout written (one folder per camera)::
 
@@ -33,10 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from solider.data import synthetic_cameras as cams
-from solider.data.synthetic import identity_appearance
-from solider.data.synthetic_people import sample_pose
-from solider.data.synthetic_render import render_person
+from solider.datatools import synthetic_cameras as cams
+from solider.datatools.synthetic_people import identity_appearance, sample_pose
+from solider.datatools.synthetic_render import render_person
 
 KITTI_UNKNOWN_3D = "-1 -1 -1 -1000 -1000 -1000 -10"
 

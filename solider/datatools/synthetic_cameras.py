@@ -12,22 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solider.data.synthetic_people import PALETTE
+from solider.datatools.synthetic_people import PALETTE
 
 BASE_VIEWS = (0.0, 180.0, 90.0, 270.0)
-_MUTED = np.array(
-    [
-        (0.55, 0.55, 0.5),
-        (0.7, 0.68, 0.62),
-        (0.35, 0.38, 0.4),
-        (0.6, 0.5, 0.4),
-        (0.45, 0.5, 0.45),
-        (0.75, 0.75, 0.78),
-        (0.3, 0.28, 0.3),
-        (0.5, 0.42, 0.35),
-    ],
-    dtype=np.float32,
-)
+_MUTED = np.array([
+    (0.55, 0.55, 0.5), (0.7, 0.68, 0.62), (0.35, 0.38, 0.4), (0.6, 0.5, 0.4),
+    (0.45, 0.5, 0.45), (0.75, 0.75, 0.78), (0.3, 0.28, 0.3), (0.5, 0.42, 0.35),
+], dtype=np.float32)
 
 
 @dataclass

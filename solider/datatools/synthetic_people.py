@@ -3,7 +3,7 @@
 An identity's ``Appearance`` fixes clothing colours and patterns, hair, skin, accessories (bag, cap,
 safety vest) and body shape: every image of the identity shares them. A ``Pose`` changes per image:
 walking phase, arm and leg swing, and the view angle. ``skeleton`` turns both into 3-D joints in units
-of body height (X = the person's left, Y = down, Z = forward); ``solider.data.synthetic_render``
+of body height (X = the person's left, Y = down, Z = forward); ``solider.datatools.synthetic_render``
 projects and draws them.
 """
 
@@ -18,49 +18,20 @@ import numpy as np
 BG, SKIN, HAIR, TOP, TOP2, BOTTOM, BOTTOM2, SHOES, BAG, HAT, VEST, STRIPE, EYE = range(13)
 UPPER, LEGS, FEET = 1, 2, 3  # part-mask labels (0 = background)
 
-PALETTE = np.array(
-    [  # clothing colours, RGB in [0, 1]
-        (0.85, 0.12, 0.12),
-        (0.10, 0.25, 0.70),
-        (0.12, 0.55, 0.20),
-        (0.95, 0.85, 0.15),
-        (0.95, 0.95, 0.95),
-        (0.08, 0.08, 0.08),
-        (0.50, 0.50, 0.52),
-        (0.55, 0.30, 0.12),
-        (0.55, 0.15, 0.55),
-        (0.95, 0.50, 0.10),
-        (0.15, 0.60, 0.65),
-        (0.95, 0.60, 0.70),
-        (0.20, 0.22, 0.35),
-        (0.75, 0.68, 0.50),
-        (0.35, 0.45, 0.15),
-        (0.60, 0.05, 0.15),
-    ],
-    dtype=np.float32,
-)
-SKIN_TONES = np.array(
-    [
-        (0.96, 0.80, 0.69),
-        (0.87, 0.68, 0.53),
-        (0.76, 0.57, 0.42),
-        (0.58, 0.40, 0.27),
-        (0.42, 0.28, 0.18),
-        (0.92, 0.74, 0.60),
-    ],
-    dtype=np.float32,
-)
-HAIR_COLOURS = np.array(
-    [
-        (0.05, 0.04, 0.03),
-        (0.25, 0.15, 0.08),
-        (0.55, 0.40, 0.20),
-        (0.85, 0.75, 0.45),
-        (0.55, 0.55, 0.55),
-        (0.50, 0.20, 0.08),
-    ],
-    dtype=np.float32,
-)
+PALETTE = np.array([  # clothing colours, RGB in [0, 1]
+    (0.85, 0.12, 0.12), (0.10, 0.25, 0.70), (0.12, 0.55, 0.20), (0.95, 0.85, 0.15),
+    (0.95, 0.95, 0.95), (0.08, 0.08, 0.08), (0.50, 0.50, 0.52), (0.55, 0.30, 0.12),
+    (0.55, 0.15, 0.55), (0.95, 0.50, 0.10), (0.15, 0.60, 0.65), (0.95, 0.60, 0.70),
+    (0.20, 0.22, 0.35), (0.75, 0.68, 0.50), (0.35, 0.45, 0.15), (0.60, 0.05, 0.15),
+], dtype=np.float32)
+SKIN_TONES = np.array([
+    (0.96, 0.80, 0.69), (0.87, 0.68, 0.53), (0.76, 0.57, 0.42),
+    (0.58, 0.40, 0.27), (0.42, 0.28, 0.18), (0.92, 0.74, 0.60),
+], dtype=np.float32)
+HAIR_COLOURS = np.array([
+    (0.05, 0.04, 0.03), (0.25, 0.15, 0.08), (0.55, 0.40, 0.20),
+    (0.85, 0.75, 0.45), (0.55, 0.55, 0.55), (0.50, 0.20, 0.08),
+], dtype=np.float32)
 PATTERNS = ("solid", "hstripes", "vstripes", "checks")
 
 
@@ -117,6 +88,12 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     )
 
 
+def identity_appearance(seed: int, pid: int) -> Appearance:
+    """Identity ``pid``'s appearance in the set made with ``seed``: the same in the Market crops and in
+    the KITTI frames of that seed."""
+    return sample_appearance(np.random.default_rng([seed, 0, pid]))
+
+
 @dataclass(frozen=True)
 class Pose:
     phase: float  # walking phase, radians
@@ -169,39 +146,10 @@ def skeleton(app: Appearance, pose: Pose) -> dict[str, np.ndarray]:
 
 # ORA-16 order (Pelvis, Head, L shoulder/elbow/hand, R shoulder/elbow/hand, L thigh/knee/foot/toe, R ...)
 ORA_JOINTS = (
-    "pelvis",
-    "head",
-    "l_shoulder",
-    "l_elbow",
-    "l_wrist",
-    "r_shoulder",
-    "r_elbow",
-    "r_wrist",
-    "l_hip",
-    "l_knee",
-    "l_ankle",
-    "l_toe",
-    "r_hip",
-    "r_knee",
-    "r_ankle",
-    "r_toe",
+    "pelvis", "head", "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist", "l_hip",
+    "l_knee", "l_ankle", "l_toe", "r_hip", "r_knee", "r_ankle", "r_toe",
 )
 COCO_JOINTS = (
-    "nose",
-    "l_eye",
-    "r_eye",
-    "l_ear",
-    "r_ear",
-    "l_shoulder",
-    "r_shoulder",
-    "l_elbow",
-    "r_elbow",
-    "l_wrist",
-    "r_wrist",
-    "l_hip",
-    "r_hip",
-    "l_knee",
-    "r_knee",
-    "l_ankle",
-    "r_ankle",
+    "nose", "l_eye", "r_eye", "l_ear", "r_ear", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow", "l_wrist",
+    "r_wrist", "l_hip", "r_hip", "l_knee", "r_knee", "l_ankle", "r_ankle",
 )

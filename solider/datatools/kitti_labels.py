@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from solider.data.images import is_image_file
-from solider.data.keypoints import FORMAT_JOINTS
+from solider.data.skeleton import FORMAT_JOINTS
 from solider.utils.logging import get_logger, log_skipped
 
 logger = get_logger(__name__)

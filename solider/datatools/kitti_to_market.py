@@ -1,7 +1,7 @@
 """Convert multi-camera frames with KITTI labels (e.g. NVIDIA Omniverse Replicator Agent output) into
 a Market-1501-layout ReID dataset, following the sampling guidelines of NVIDIA's TAO ReID blog.
 
-    python -m solider.data.kitti --kitti DIR --out DIR [--min-height 64 --max-aspect 1.0
+    python -m solider.datatools.kitti_to_market --kitti DIR --out DIR [--min-height 64 --max-aspect 1.0
         --max-truncation 0.3 --max-occlusion 1 --frame-stride 1 --max-per-camera N
         --max-per-identity N --train-fraction 0.5 --seed 0 --classes person,pedestrian
         --id-column N --joints-column 15]
@@ -27,17 +27,19 @@ COCO-17), ``identities.csv`` (new id, original identity, split), ``cameras.csv``
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from solider.data.images import ImageDecodeError, load_image
-from solider.data.keypoints import sanitize, to_coco17
-from solider.data.kitti_labels import Box, read_kitti_boxes
+from solider.data.keypoint_files import keypoints_jsonl_line
+from solider.data.market import MARKET_SPLITS
+from solider.data.skeleton import sanitize, to_coco17
+from solider.datatools.kitti_labels import Box, read_kitti_boxes
+from solider.utils.cli import module_parser
 from solider.utils.logging import get_logger, log_skipped
 
 logger = get_logger(__name__)
@@ -155,13 +157,12 @@ def assign_splits(boxes: list[Box], test: set[str], seed: int) -> dict[int, str]
     return split
 
 
-def write_market(
-    boxes: list[Box], split: dict[int, str], new_id: dict[str, int], out: Path, quality: int = 95
-) -> tuple[list[str], dict[str, str]]:
+def write_market(boxes: list[Box], split: dict[int, str], new_id: dict[str, int], out: Path, quality: int = 95
+                 ) -> tuple[list[str], dict[str, str]]:
     """Crop and save every box; returns the keypoints.jsonl lines and {crop: its frame and line}.
 
     Frames that cannot be read and boxes that lie outside their frame are skipped and logged."""
-    for folder in ("bounding_box_train", "query", "bounding_box_test"):
+    for folder in MARKET_SPLITS.values():
         (out / folder).mkdir(parents=True, exist_ok=True)
     lines, by_image = [], defaultdict(list)
     for i, b in enumerate(boxes):
@@ -191,32 +192,16 @@ def write_market(
                 j = b.joints.copy()
                 j[:, 0] -= x1
                 j[:, 1] -= y1
-                kpts = sanitize(to_coco17(j, "ora16"), (x2 - x1, y2 - y1))
-                lines.append(
-                    json.dumps(
-                        {
-                            "image": rel,
-                            "format": "coco17",
-                            "keypoints": np.round(kpts.astype(np.float64), 2).tolist(),
-                        }
-                    )
-                )
+                lines.append(keypoints_jsonl_line(rel, sanitize(to_coco17(j, "ora16"), (x2 - x1, y2 - y1))))
     log_skipped(logger, "frames that cannot be read (their boxes are not written)", unreadable)
     log_skipped(logger, "boxes outside their frame", outside)
     return lines, written
 
 
-def convert_kitti_to_market(
-    kitti_dir: str | Path,
-    out: str | Path,
-    rules: SamplingRules | None = None,
-    train_fraction: float = 0.5,
-    seed: int = 0,
-    classes: tuple[str, ...] = ("person", "pedestrian"),
-    id_column: int | None = None,
-    joints_column: int | None = 15,
-    quality: int = 95,
-) -> dict:
+def convert_kitti_to_market(kitti_dir: str | Path, out: str | Path, rules: SamplingRules | None = None,
+                            train_fraction: float = 0.5, seed: int = 0,
+                            classes: tuple[str, ...] = ("person", "pedestrian"), id_column: int | None = None,
+                            joints_column: int | None = 15, quality: int = 95) -> dict:
     """Convert (see the module docstring); returns a summary of what was written and dropped.
 
     Raises:
@@ -224,82 +209,46 @@ def convert_kitti_to_market(
     """
     rules = rules or SamplingRules()
     out = Path(out)
-    boxes, cameras = read_kitti_boxes(
-        kitti_dir, tuple(c.lower() for c in classes), id_column, joints_column, rules.frame_stride
-    )
+    boxes, cameras = read_kitti_boxes(kitti_dir, tuple(c.lower() for c in classes), id_column, joints_column,
+                                      rules.frame_stride)
     kept, dropped = apply_rules(boxes, rules)
     if not kept:
-        raise ValueError(
-            f"none of the {len(boxes)} person boxes in {kitti_dir} passes the sampling rules "
-            f"{rules}; dropped {dropped}"
-        )
+        raise ValueError(f"none of the {len(boxes)} person boxes in {kitti_dir} passes the sampling rules "
+                         f"{rules}; dropped {dropped}")
     new_id, test = split_identities(kept, train_fraction, seed)
     split = assign_splits(kept, test, seed)
     lines, written = write_market(kept, split, new_id, out, quality)
     (out / "keypoints.jsonl").write_text("".join(line + "\n" for line in lines))
-    (out / "identities.csv").write_text(
-        "pid,identity,split\n"
-        + "".join(
-            f"{pid:04d},{identity},{'test' if identity in test else 'train'}\n"
-            for identity, pid in new_id.items()
-        )
-    )
-    (out / "cameras.csv").write_text(
-        "camera,folder\n" + "".join(f"{i},{p.name}\n" for i, p in enumerate(cameras, 1))
-    )
-    counts = {  # what was written: boxes of unreadable frames or outside theirs are not
-        s: sum(rel.startswith(s + "/") for rel in written)
-        for s in ("bounding_box_train", "query", "bounding_box_test")
-    }
-    summary = {
-        "boxes": len(boxes),
-        "kept": len(kept),
-        "dropped": dropped,
-        "images": counts,
-        "identities": len(new_id),
-        "test_identities": len(test),
-        "cameras": len(cameras),
-        "keypoints": len(lines),
-        "written": len(written),
-        "out": str(out),
-    }
-    settings = {
-        "kitti": str(kitti_dir),
-        "rules": asdict(rules),
-        "train_fraction": train_fraction,
-        "seed": seed,
-        "classes": list(classes),
-        "id_column": id_column,
-        "joints_column": joints_column,
-        "quality": quality,
-    }
-    (out / "conversion.json").write_text(
-        json.dumps({"settings": settings, "summary": summary}, indent=2) + "\n"
-    )
+    (out / "identities.csv").write_text("pid,identity,split\n" + "".join(
+        f"{pid:04d},{identity},{'test' if identity in test else 'train'}\n"
+        for identity, pid in new_id.items()))
+    (out / "cameras.csv").write_text("camera,folder\n" + "".join(f"{i},{p.name}\n"
+                                                                  for i, p in enumerate(cameras, 1)))
+    # what was written: boxes of unreadable frames or outside theirs are not
+    counts = {s: sum(rel.startswith(s + "/") for rel in written) for s in MARKET_SPLITS.values()}
+    summary = {"boxes": len(boxes), "kept": len(kept), "dropped": dropped, "images": counts,
+               "identities": len(new_id), "test_identities": len(test), "cameras": len(cameras),
+               "keypoints": len(lines), "written": len(written), "out": str(out)}
+    settings = {"kitti": str(kitti_dir), "rules": asdict(rules), "train_fraction": train_fraction,
+                "seed": seed, "classes": list(classes), "id_column": id_column,
+                "joints_column": joints_column, "quality": quality}
+    record = {"settings": settings, "summary": summary}
+    (out / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.info("converted %s -> %s: %s", kitti_dir, out, summary)
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m solider.data.kitti",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = module_parser("solider.datatools.kitti_to_market", __doc__)
     parser.add_argument("--kitti", required=True, help="folder of camera folders with images/ and labels/")
     parser.add_argument("--out", required=True, help="output Market-1501-layout folder")
-    defaults = SamplingRules()
-    parser.add_argument(
-        "--min-height", type=float, default=defaults.min_height, help="minimum box height (px)"
-    )
-    parser.add_argument(
-        "--max-aspect", type=float, default=defaults.max_aspect, help="keep boxes with w/h below"
-    )
-    parser.add_argument("--max-truncation", type=float, default=defaults.max_truncation)
-    parser.add_argument("--max-occlusion", type=int, default=defaults.max_occlusion, help="KITTI level 0-3")
-    parser.add_argument(
-        "--frame-stride", type=int, default=defaults.frame_stride, help="use every N-th frame"
-    )
+    rules = SamplingRules()
+    parser.add_argument("--min-height", type=float, default=rules.min_height, help="minimum box height (px)")
+    parser.add_argument("--max-aspect", type=float, default=rules.max_aspect,
+                        help="keep boxes with w/h below")
+    parser.add_argument("--max-truncation", type=float, default=rules.max_truncation)
+    parser.add_argument("--max-occlusion", type=int, default=rules.max_occlusion, help="KITTI level 0-3")
+    parser.add_argument("--frame-stride", type=int, default=rules.frame_stride, help="use every N-th frame")
     parser.add_argument("--max-per-camera", type=int, default=None, help="crops per identity and camera")
     parser.add_argument("--max-per-identity", type=int, default=None, help="crops per identity")
     parser.add_argument("--train-fraction", type=float, default=0.5, help="share of identities for training")
@@ -312,26 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
     from solider.utils.logging import setup_logging
 
     setup_logging()
-    rules = SamplingRules(
-        args.min_height,
-        args.max_aspect,
-        args.max_truncation,
-        args.max_occlusion,
-        args.frame_stride,
-        args.max_per_camera,
-        args.max_per_identity,
-    )
+    rules = SamplingRules(**{f.name: getattr(args, f.name) for f in fields(SamplingRules)})  # flags by name
     summary = convert_kitti_to_market(
-        args.kitti,
-        args.out,
-        rules,
-        args.train_fraction,
-        args.seed,
-        tuple(args.classes.split(",")),
-        args.id_column,
-        None if args.joints_column < 0 else args.joints_column,
-        args.quality,
-    )
+        args.kitti, args.out, rules, train_fraction=args.train_fraction, seed=args.seed,
+        classes=tuple(args.classes.split(",")), id_column=args.id_column,
+        joints_column=None if args.joints_column < 0 else args.joints_column, quality=args.quality)
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -339,4 +273,4 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     from solider.utils.cli import run_entry
 
-    run_entry(main, "python -m solider.data.kitti")
+    run_entry(main, "python -m solider.datatools.kitti_to_market")
