@@ -45,7 +45,12 @@ from finetune.step import LossWeights, metric_values, reid_step
 from solider.config import build_arg_parser, config_from_args, to_dict
 from solider.data.image_check import check_evaluation_images
 from solider.data.transforms import build_reid_test_transform, build_reid_train_transform
-from solider.utils.checkpointing import CheckpointManager, load_resume_state, restore_objects, resume_errors
+from solider.utils.checkpoint_manager import (
+    CheckpointManager,
+    load_resume_state,
+    restore_objects,
+    resume_errors,
+)
 from solider.utils.cli import parse_args, resolve_base_config, run_entry
 from solider.utils.data_agreement import check_same_data, data_fingerprint
 from solider.utils.logging import get_logger
@@ -170,7 +175,7 @@ def build_run(cfg: FinetuneConfig, accelerator: Accelerator, eval_only: bool, lo
 
 
 def train_state(cfg: FinetuneConfig, run: Run, step: int, history: list[dict]) -> dict:
-    """The checkpoint as a name -> object mapping (:mod:`solider.utils.checkpointing`): everything a
+    """The checkpoint as a name -> object mapping (:mod:`solider.utils.checkpoint_manager`): everything a
     bit-exact resume needs. Saved with ``CheckpointManager.save`` (on every process), restored by
     :func:`restore_state`."""
     acc = run.accelerator

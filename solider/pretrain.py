@@ -48,7 +48,7 @@ from solider.pretrain_monitor import CHARTS, run_monitor
 from solider.pretrain_run import CropData, Run, restore_state, stop_step, train
 from solider.pretrain_step import SemanticSettings
 from solider.schedules import auto_momentum, cosine_schedule, scale_lr, span_steps, teacher_movement
-from solider.utils.checkpointing import CheckpointManager, load_resume_state, resume_errors
+from solider.utils.checkpoint_manager import CheckpointManager, load_resume_state, resume_errors
 from solider.utils.cli import UserError, parse_args, resolve_base_config, run_entry
 from solider.utils.data_agreement import check_same_data, data_fingerprint
 from solider.utils.logging import get_logger

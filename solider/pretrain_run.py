@@ -24,7 +24,7 @@ from solider.pretrain_config import PretrainConfig
 from solider.pretrain_data import CropSource
 from solider.pretrain_monitor import start_values
 from solider.pretrain_step import HOST_KEYS, SemanticSettings, solider_step, update_networks
-from solider.utils.checkpointing import CheckpointManager, TensorState, restore_objects
+from solider.utils.checkpoint_manager import CheckpointManager, TensorState, restore_objects
 from solider.utils.logging import get_logger
 from solider.utils.preemption import Preemption
 from solider.utils.seed import PerSampleSeeded
@@ -79,7 +79,7 @@ def stop_step(cfg: PretrainConfig, run: Run) -> int:
 
 
 def train_state(cfg: PretrainConfig, run: Run, step: int) -> dict:
-    """The checkpoint as a name -> object mapping (:mod:`solider.utils.checkpointing`): everything a
+    """The checkpoint as a name -> object mapping (:mod:`solider.utils.checkpoint_manager`): everything a
     bit-exact resume needs (DESIGN.md), and the monitor's step-0 reference (so a resumed run keeps
     drawing it). Saved with ``CheckpointManager.save`` (on every process), restored by
     :func:`restore_state`."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 def temp_path(path: str | os.PathLike) -> Path:
     """``<folder>/.<name>.<pid>.<8 hex>.tmp``: hidden, unique per process and call, and easy to
-    recognise as the debris of an interrupted write (``solider.utils.checkpointing`` removes them)."""
+    recognise as the debris of an interrupted write (``solider.utils.checkpoint_manager`` removes them)."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 

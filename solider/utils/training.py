@@ -83,7 +83,7 @@ def restore_rng_states(states: list[dict] | None, accelerator) -> bool:
 
 
 class RNGStates:
-    """Every process's global RNG state as one checkpoint entry (:mod:`solider.utils.checkpointing`): a
+    """Every process's global RNG state as one checkpoint entry (:mod:`solider.utils.checkpoint_manager`): a
     list in process order, gathered on save (call on every process), this process's restored on load."""
 
     def __init__(self, accelerator) -> None:

@@ -25,7 +25,7 @@ from solider.checkpoint import CheckpointError, atomic_save, safe_load
 from solider.models.swin import build_swin
 from solider.models.swin_weights import load_backbone_weights
 from solider.pretrain import main as pretrain_main
-from solider.utils.checkpointing import CheckpointManager, load_resume_state
+from solider.utils.checkpoint_manager import CheckpointManager, load_resume_state
 from solider.utils.training import NonFiniteLossError
 from tests.reliability.runs import ENTRY, ROOT, finetune_args, pretrain_args, subprocess_env, temp_files
 

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from solider.utils.checkpointing import CheckpointManager
+from solider.utils.checkpoint_manager import CheckpointManager
 from tests.reliability.runs import ROOT
 from tests.reliability.source_scan import scan_python, scan_shell, scan_tree
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from solider.utils.atomic import atomic_write
-from solider.utils.checkpointing import _TEMP_FILE
+from solider.utils.checkpoint_manager import _TEMP_FILE
 
 
 def test_the_file_takes_its_name_only_when_the_block_ends(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from solider.checkpoint import CheckpointError, safe_load
-from solider.utils.checkpointing import (
+from solider.utils.checkpoint_manager import (
     CheckpointManager,
     TensorState,
     inside,
