@@ -28,13 +28,8 @@ def tiny_args(data_root: Path, output_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Run these tiny models on one thread: they gain nothing from two, and on a shared CPU OpenMP's
-    spin-waiting makes two threads 10-20x slower (measured: 6.7 s vs 119 s for the same run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_on_one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

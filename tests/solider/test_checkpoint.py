@@ -14,13 +14,7 @@ from solider.checkpoint import CheckpointError, atomic_save, safe_load
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The suite shares 2 cores with other processes; one intra-op thread avoids OpenMP stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; see tests/conftest.py
 
 
 class Pickled:

@@ -4,7 +4,6 @@ loss with a validity mask equals the loss on the valid subset, and no host sync 
 from __future__ import annotations
 
 import copy
-import traceback
 
 import pytest
 import torch
@@ -139,25 +138,7 @@ _HOST_READS = (
 )
 
 
-def _host_reads(monkeypatch, run) -> list[str]:
-    """Source lines that read a tensor's value on the host (item, tolist, bool, nonzero)."""
-    reads = []
-    for name in ("item", "tolist", "__bool__", "nonzero"):
-        real = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _real=real, **kw):
-            reads.append(traceback.extract_stack(limit=2)[0].line)
-            return _real(self, *a, **kw)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    try:
-        run()
-    finally:
-        monkeypatch.undo()
-    return reads
-
-
-def test_the_static_step_reads_only_host_tensors(monkeypatch):
+def test_the_static_step_reads_only_host_tensors(host_reads):
     """On CPU every tensor is a host tensor, so each host read is traced to its source line: the
     fixed-shape step reads only the CPU generator and the batch's host keys (no sync on a GPU),
     the official subset also reads the labelled crops (a sync per step)."""
@@ -170,9 +151,9 @@ def test_the_static_step_reads_only_host_tensors(monkeypatch):
     def step(s: SemanticSettings):
         return lambda: solider_step(batch, student, teacher, DINOLoss(64), step=0, settings=s, seed=0)
 
-    static = _host_reads(monkeypatch, step(settings))
+    static, _ = host_reads(step(settings))
     assert static and all(any(ok in line for ok in _HOST_READS) for line in static), static
-    official = _host_reads(monkeypatch, step(settings._replace(static_shapes=False)))
+    official, _ = host_reads(step(settings._replace(static_shapes=False)))
     assert any("nonzero" in line for line in official), official
 
 

@@ -16,13 +16,7 @@ TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_si
 DEAD_PAIR = {f"semantic_embed_{k}.3.{p}" for k in "wb" for p in ("weight", "bias")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The suite shares 2 cores with other processes; one intra-op thread avoids OpenMP stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; see tests/conftest.py
 
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

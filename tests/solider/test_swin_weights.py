@@ -22,13 +22,7 @@ from tests.reference.official_swin_keys import official_backbone_keys, read_key_
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The suite shares 2 cores with other processes; one intra-op thread avoids OpenMP stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; see tests/conftest.py
 
 
 def random_backbone(arch=TINY, seed=0, **kw) -> torch.nn.Module:
