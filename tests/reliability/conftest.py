@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 from solider.datatools.synthetic import generate_market_dataset
-from tests.finetune.conftest import one_thread  # noqa: F401 (autouse; one thread, like runs.py)
 from tests.reliability.runs import FINETUNE, PRETRAIN, Background, finetune_args, pretrain_args
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_like_the_runs(one_thread):  # the subprocess runs use one thread too (runs.py)
+    yield
 
 
 @pytest.fixture(scope="session")

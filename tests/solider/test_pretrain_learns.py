@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from solider.pretrain import main
-from tests.finetune.conftest import one_thread  # noqa: F401 (autouse: one thread, as the study runs)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread, as the study runs
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = 8
 
