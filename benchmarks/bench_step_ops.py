@@ -4,14 +4,17 @@ Both steps run the same networks (Swin-T's structure: depths 2-2-6-2, 7x7 window
 so that it is quick on a CPU, which leaves the op count unchanged), the same batch and the same
 step math, in one process, alternating:
 
-- before: for-loop AdamW, per-parameter clipping (one norm and one multiply per tensor), a host
-  sync per step for the finiteness check, the official subset of masked copies
-  (``static_shapes=False``), the Swin shift masks rebuilt every forward, photometric ops in the
-  data-loader workers (not in the step);
-- after: foreach AdamW (fused on CUDA), foreach-norm clipping, the finiteness check recorded on
-  the device, fixed-shape masked copies, cached shift masks, the EMA without a detached copy
-  (on a GPU also the photometric half of the batch, whose op count is printed; on a CPU
-  ``augment.device: accelerator`` leaves it in the workers).
+- before (``benchmarks/earlier_step.py``, checked to compute the same backbone outputs and
+  gradients): the Swin blocks on 4-D token maps with 4-D attention products, shift masks rebuilt
+  every forward, the teacher's clustering and DINO passes apart, for-loop AdamW, per-parameter
+  clipping (one norm and one multiply per tensor), a host sync per step for the finiteness check,
+  the official subset of masked copies (``static_shapes=False``), the EMA with a detached copy of
+  every tensor, photometric ops in the data-loader workers (not in the step);
+- after: today's code: 2-D tokens between the window shuffles and 3-D attention products, cached
+  shift masks, one teacher forward for clustering and DINO, fused AdamW, foreach-norm clipping,
+  the finiteness check recorded on the device, fixed-shape masked copies, the EMA without a
+  detached copy (on a GPU also the photometric half of the batch, whose op count is printed; on a
+  CPU ``augment.device: accelerator`` leaves it in the workers).
 
 Op counts are of the step proper (float crops in, as the workers used to hand them over); the
 ops of the batched photometric half are printed beside them. CPU times are of the full step with
@@ -26,6 +29,7 @@ backward). CPU time is the median over ``--steps`` steps of each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -34,6 +38,7 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.earlier_step import check_same_backbone, clip_per_tensor, earlier_model, ema_before
 from solider.config import load_config
 from solider.data.multicrop_transform import MultiCropTransform
 from solider.data.photometric import apply_on_workers
@@ -47,34 +52,17 @@ from solider.utils.training import FiniteWatch
 
 
 class OpCounter(TorchDispatchMode):
+    """Counts every ATen call, and apart those that only make a view (no kernel on a GPU)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter = Counter()
+        self.views = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
+        self.views += func.is_view or func.overloadpacket is torch.ops.aten._unsafe_view
         return func(*args, **(kwargs or {}))
-
-
-def clip_per_tensor(model: torch.nn.Module, max_norm: float) -> None:
-    """The earlier clipping: one norm and one multiply per gradient."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
-    for grad, scale in zip(grads, (max_norm / (norms + 1e-6)).clamp(max=1.0)):
-        grad.mul_(scale.to(grad.dtype))
-
-
-@torch.no_grad()
-def ema_before(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
-    """The earlier EMA: a detached copy of every student tensor first."""
-    t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
-    t_list = [t_params[n].data for n in t_params]
-    s_list = [s_params[n].detach().to(t_params[n].dtype) for n in t_params]
-    torch._foreach_mul_(t_list, momentum)
-    torch._foreach_add_(t_list, s_list, alpha=1.0 - momentum)
-    t_bufs, s_bufs = dict(teacher.named_buffers()), dict(student.named_buffers())
-    for name in t_bufs:
-        t_bufs[name].copy_(s_bufs[name])
 
 
 def workers_photometric(raw: dict, transform: MultiCropTransform) -> dict:
@@ -121,7 +109,9 @@ def build(batch: int):
     return cfg, student, teacher, raw, transform
 
 
-def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bool = True):
+def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bool = True,
+              static_shapes: bool | None = None):
+    """One step's closure; ``static_shapes`` (default: ``lean``) as ``semantic.static_shapes``."""
     student, teacher = copy.deepcopy(student), copy.deepcopy(teacher)
     groups = param_groups(student, 0.04)
     opt = (
@@ -130,7 +120,7 @@ def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bo
         else torch.optim.AdamW(groups, lr=1e-4, foreach=False)
     )
     loss_fn = DINOLoss(cfg.dino.out_dim)
-    settings = SemanticSettings(static_shapes=lean)
+    settings = SemanticSettings(static_shapes=lean if static_shapes is None else static_shapes)
     watch = FiniteWatch(torch.device("cpu"))
     float_batch = transform.device_photometric()(raw)
     state = {"i": 0}
@@ -142,18 +132,15 @@ def make_step(cfg, student, teacher, raw, transform, lean: bool, photometric: bo
             batch = float_batch
         else:  # a CPU run with num_workers=0: the worker pipeline in the step's process, on both
             batch = workers_photometric(raw, transform)  # sides (accelerator means workers on a CPU)
-        if not lean:
-            for net in (student, teacher):
-                for stage in net.backbone.stages:
-                    stage._shift_masks.clear()  # rebuilt every forward, as before the cache
+        opt.zero_grad(set_to_none=True)
         set_optimizer_values(opt, 1e-4, 0.04)
-        result = solider_step(batch, student, teacher, loss_fn, i, settings, seed=0)
+        with contextlib.nullcontext() if lean else earlier_model():
+            result = solider_step(batch, student, teacher, loss_fn, i, settings, seed=0)
+            result.loss.backward()  # inside: the earlier model's backward too
         if lean:
             watch.observe(result.loss, i)
         else:
             assert torch.isfinite(result.loss).item()  # the per-step host sync
-        opt.zero_grad(set_to_none=True)
-        result.loss.backward()
         clip_gradients(student, 3.0) if lean else clip_per_tensor(student, 3.0)
         cancel_last_layer_gradients(student.head, 1.0, 1)
         opt.step()
@@ -173,17 +160,22 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg, student, teacher, raw, transform = build(args.batch)
+    difference = check_same_backbone(copy.deepcopy(student.backbone), raw["global_crops"][:, 0].float() / 255)
+    # Timed: the earlier step, today's with a GPU's default (fixed-shape masked copies, whose op
+    # count is reported) and today's with a CPU's default (the official subset of masked copies).
     steps = {
-        name: make_step(cfg, student, teacher, raw, transform, lean=name == "after")
-        for name in ("before", "after")
+        "before": make_step(cfg, student, teacher, raw, transform, lean=False),
+        "after": make_step(cfg, student, teacher, raw, transform, lean=True),
+        "after, CPU default": make_step(cfg, student, teacher, raw, transform, lean=True,
+                                        static_shapes=False),
     }
-    counts, times = {}, {name: [] for name in steps}
-    for name in steps:  # ops of the step proper (the photometric half excluded on both sides)
+    counts, views, times = {}, {}, {name: [] for name in steps}
+    for name in ("before", "after"):  # ops of the step proper (the photometric half excluded on both)
         step = make_step(cfg, student, teacher, raw, transform, lean=name == "after", photometric=False)
         step()  # warm-up (optimizer state, caches)
         with OpCounter() as counter:
             step()
-        counts[name] = counter.ops
+        counts[name], views[name] = counter.ops, counter.views
     with OpCounter() as counter:
         transform.device_photometric()(raw)
     photometric_ops = sum(counter.ops.values())
@@ -198,19 +190,28 @@ def main() -> None:
         f"pretraining step, Swin-T structure (narrow), batch {args.batch}, 2 x 64x32 + 8 x 32x16 crops, "
         f"{args.threads} thread(s)"
     )
+    print(f"  earlier and today's backbone agree (outputs and gradients) to {difference:.1e}")
     for name in steps:
+        if name not in counts:
+            print(f"  {name:<7} {'':>38}CPU {statistics.median(times[name]):6.3f} s/step")
+            continue
         total = sum(counts[name].values())
         top = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in counts[name].most_common(6))
-        print(f"  {name:<7} {total:6d} ATen ops   CPU {statistics.median(times[name]):6.3f} s/step   ({top})")
+        print(f"  {name:<7} {total:6d} ATen ops ({total - views[name]:5d} not views)   "
+              f"CPU {statistics.median(times[name]):6.3f} s/step   ({top})")
     before, after = sum(counts["before"].values()), sum(counts["after"].values())
     print(
-        f"ops of the step proper: {before / after:.2f}x fewer; the batched photometric half adds "
-        f"{photometric_ops} "
-        f"ops per batch on the device (it replaces {args.batch} x 2 worker pipelines)"
+        f"ops of the step proper: {before / after:.2f}x fewer "
+        f"({(before - views['before']) / (after - views['after']):.2f}x fewer that are not views); "
+        f"the batched photometric half adds {photometric_ops} ops per batch on the device "
+        f"(it replaces {args.batch} x 2 worker pipelines)"
     )
+    before_time = statistics.median(times["before"])
     print(
-        f"full CPU step (num_workers=0, so the worker pipeline included): after / before = "
-        f"{statistics.median(times['after']) / statistics.median(times['before']):.2f}"
+        f"full CPU step (num_workers=0, so the worker pipeline included), after / before: "
+        f"{statistics.median(times['after, CPU default']) / before_time:.2f} with a CPU's default, "
+        f"{statistics.median(times['after']) / before_time:.2f} with fixed-shape masked copies "
+        f"(a GPU's default)"
     )
 
 

@@ -4,8 +4,9 @@ Order (official ``main_solider.py``, made explicit):
 
 1. λ per image (binary or uniform), shared by all its crops and by the teacher's DINO pass;
 2. part labels of the global crops: from keypoints where an image has them, otherwise by
-   clustering the teacher's last-stage map computed with λ = 1 (that pass only runs when needed);
-3. the teacher's DINO targets on the global crops with the per-image λ;
+   clustering the teacher's last-stage map computed with λ = 1;
+3. the teacher's DINO targets on the global crops with the per-image λ (one teacher forward for
+   2 and 3 when clustering is needed);
 4. one part k is erased from the labelled global crops ("masked images", official);
 5. the student on [masked, global, local] crops; its part head on the tokens of the masked
    images and of their unmasked originals (same labels for both);
@@ -108,26 +109,39 @@ def _semantic_weights(indices: Tensor, step: int, seed: int, settings: SemanticS
 
 
 @torch.no_grad()
-def part_labels(batch: dict, globals_: Tensor, teacher: MultiCropNet,
-                settings: SemanticSettings) -> PartLabels:
-    """Part labels of the crop-major global crops (2B, h, w), with their source per crop."""
+def teacher_pass(batch: dict, globals_: Tensor, lam_g: Tensor, teacher: MultiCropNet,
+                 settings: SemanticSettings) -> tuple[Tensor, PartLabels | None]:
+    """The teacher's DINO outputs on the crop-major global crops (2B, 3, Hg, Wg) with their λ, and
+    (semantics on) the part labels of those crops, with their source per crop.
+
+    Labels come from keypoints where an image has them, otherwise from clustering the teacher's
+    last-stage map computed with λ = 1. When clustering is needed, that map and the DINO pass share
+    one forward over [crops at λ = 1, crops at their λ]: half the kernel launches of two passes,
+    and larger matrix products.
+    """
+    if not settings.enabled:
+        return teacher([globals_], [lam_g]).head, None
+    n = globals_.shape[0]
     grid = token_grid(globals_.shape[-2:], num_stages=len(teacher.backbone.stages))
     from_kpts = None
     if settings.label_source != "clustering" and bool(batch["has_keypoints"].any()):  # host tensor
         kpts = to_crop_major(batch["global_keypoints"]).to(globals_.device)
         from_kpts = keypoint_part_labels(kpts, tuple(globals_.shape[-2:]), grid=grid,
                                          num_parts=settings.num_parts)
-    from_clusters = None
     need_clusters = from_kpts is None or not bool(from_kpts[1].all())
+    from_clusters = None
     if settings.label_source != "keypoints" and need_clusters:
-        fmap = teacher.backbone.forward_features(globals_, 1.0).float()
-        from_clusters = cluster_part_labels(fmap, num_parts=settings.num_parts,
+        fmap = teacher.backbone.forward_features(torch.cat([globals_, globals_]),
+                                                 torch.cat([torch.ones_like(lam_g), lam_g]))
+        from_clusters = cluster_part_labels(fmap[:n].float(), num_parts=settings.num_parts,
                                             min_foreground=settings.min_foreground)
+        teacher_out = teacher.head(fmap[n:].mean(dim=(2, 3)))
+    else:
+        teacher_out = teacher([globals_], [lam_g]).head
     if from_kpts is None and from_clusters is None:  # label_source="keypoints" and none in the batch
-        n = globals_.shape[0]
         empty = torch.zeros(n, *grid, dtype=torch.long, device=globals_.device)
         from_kpts = (empty, torch.zeros(n, dtype=torch.bool, device=globals_.device))
-    return combine_part_labels(from_kpts, from_clusters)
+    return teacher_out, combine_part_labels(from_kpts, from_clusters)
 
 
 def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_loss: DINOLoss, step: int,
@@ -156,9 +170,7 @@ def solider_step(batch: dict, student: nn.Module, teacher: MultiCropNet, dino_lo
     generator = torch.Generator().manual_seed(sample_seed(seed, step, -1))  # the erased part
     lam_g, lam_l = expand_to_crops(lam, n_global), expand_to_crops(lam, n_local)
 
-    parts = part_labels(batch, globals_, teacher, settings) if settings.enabled else None
-    with torch.no_grad():
-        teacher_out = teacher([globals_], [lam_g]).head
+    teacher_out, parts = teacher_pass(batch, globals_, lam_g, teacher, settings)
 
     part_index = masked = None
     labels = weights = part_valid = None

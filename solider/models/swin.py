@@ -16,7 +16,8 @@ official checkpoints load key for key:
   become ``x * softplus(W_w [λ, 1-λ] + b_w) + (W_b [λ, 1-λ] + b_b)``. A fourth Linear pair exists
   (key parity) but, as in the official model, has no effect.
 
-Internally tokens are kept as (B, H, W, C) maps; the outputs are (B, C, H, W).
+Internally tokens are kept as (B, H, W, C) maps between the stages and as (B * H * W, C) rows inside
+a stage's blocks (a Linear on rows needs no reshape around it); the outputs are (B, C, H, W).
 """
 
 from __future__ import annotations
@@ -31,55 +32,14 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from solider.models.window_attention import ShiftWindowMSA, WindowMSA, shift_window_mask
+
 ARCHS: dict[str, dict[str, Any]] = {
     "swin_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
     "swin_small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
     "swin_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7),
 }
 _ARCH_KEYS = {"embed_dim", "depths", "num_heads", "window_size"}
-# The official shift mask adds -100 (not -inf) between tokens of different regions; kept for parity.
-SHIFT_MASK_VALUE = -100.0
-
-
-def relative_position_index(window_size: int) -> Tensor:
-    """Index into the (2w-1)² bias table for every (query, key) pair of a window: (w², w²) int64."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
-                                        indexing="ij")).flatten(1)  # (2, w²)
-    delta = coords[:, :, None] - coords[:, None, :] + (window_size - 1)  # (2, w², w²), in [0, 2w-2]
-    return delta[0] * (2 * window_size - 1) + delta[1]
-
-
-def shift_window_mask(height: int, width: int, window_size: int, shift: int, device: torch.device) -> Tensor:
-    """Additive SW-MSA mask of a padded (height, width) map: (num_windows, w², w²), 0 or -100.
-
-    After the cyclic shift by ``shift``, the last ``window_size`` rows (columns) hold tokens of
-    three regions: [.., -w), [-w, -shift), [-shift, ..); tokens attend only within their region.
-    """
-    def region(size: int) -> Tensor:
-        pos = torch.arange(size, device=device)
-        return (pos >= size - window_size).long() + (pos >= size - shift).long()
-
-    ids = region(height)[:, None] * 3 + region(width)[None, :]  # (H, W)
-    ids = rearrange(ids, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window_size, ww=window_size)
-    mask = torch.zeros(ids.shape[0], ids.shape[1], ids.shape[1], device=device)
-    return mask.masked_fill(ids[:, :, None] != ids[:, None, :], SHIFT_MASK_VALUE)
-
-
-def biased_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float = 0.0,
-                     fused: bool | None = None) -> Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v for q, k, v (B, heads, N, d) and an additive bias.
-
-    ``fused`` (default: on CUDA) uses ``F.scaled_dot_product_attention``'s kernels; on the CPU the
-    explicit form is faster for 49-token windows (SDPA's CPU path adds masking checks).
-    """
-    if fused is None:
-        fused = q.is_cuda
-    if fused:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    attn = ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
-    return F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v
-
-
 class PatchEmbed(nn.Module):
     """Non-overlapping patch embedding: (B, 3, H, W) -> (B, ceil(H/p), ceil(W/p), C)."""
 
@@ -112,86 +72,6 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class WindowMSA(nn.Module):
-    """Multi-head self-attention inside (shifted) windows with a relative position bias."""
-
-    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.window_size = window_size
-        # Zeros: what the official pretraining starts from (its init_weights is never called).
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(window_size))
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def attention_bias(self, num_windows: int, shift_mask: Tensor | None) -> Tensor:
-        """Relative position bias (+ shift mask) for every (window, head): (nW * nH, N, N)."""
-        n = self.window_size**2
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (nH, N, N)
-        if shift_mask is None:
-            bias = bias.expand(num_windows, -1, -1, -1)
-        else:
-            bias = bias + shift_mask[:, None]
-        return bias.reshape(num_windows * self.num_heads, n, n)
-
-    def forward(self, x: Tensor, shift: int = 0, shift_mask: Tensor | None = None) -> Tensor:
-        """Window attention over a map, mmseg style: zero-pad bottom/right, then shift.
-
-        Args:
-            x: (B, H, W, C) normalised tokens.
-            shift: cyclic shift (0 = plain windows).
-            shift_mask: (nW, N, N) additive mask of the padded map, used when ``shift`` > 0.
-
-        Returns:
-            (B, H, W, C).
-        """
-        h, w = x.shape[1], x.shape[2]
-        ws = self.window_size
-        pad_b, pad_r = (-h) % ws, (-w) % ws
-        if pad_b or pad_r:
-            # A zero-padded token projects to exactly the qkv bias, so project the real tokens
-            # only and pad the projections (saves the Linear on the padding).
-            qkv = F.pad(F.linear(x, self.qkv.weight), (0, 0, 0, pad_r, 0, pad_b))
-            qkv = qkv + self.qkv.bias if self.qkv.bias is not None else qkv
-        else:
-            qkv = self.qkv(x)
-        if shift:
-            qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
-        hp, wp = qkv.shape[1], qkv.shape[2]
-        # Windows and heads share SDPA's "head" axis so that the (nW * nH, N, N) bias broadcasts
-        # over the batch without being materialised per sample.
-        q, k, v = rearrange(qkv, "b (nh wh) (nw ww) (t h d) -> t b (nh nw h) (wh ww) d",
-                            wh=ws, ww=ws, t=3, h=self.num_heads).unbind(0)
-        bias = self.attention_bias((hp // ws) * (wp // ws), shift_mask if shift else None).to(q.dtype)
-        out = biased_attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
-        out = rearrange(out, "b (nh nw h) (wh ww) d -> b (nh wh) (nw ww) (h d)",
-                        nh=hp // ws, h=self.num_heads, wh=ws)
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        if pad_b or pad_r:
-            out = out[:, :h, :w]  # the padding's outputs are discarded, so project real tokens only
-        return self.proj_drop(self.proj(out))
-
-
-class ShiftWindowMSA(nn.Module):
-    """Holds the window attention under the official name ``attn.w_msa``, with its shift size."""
-
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
-        super().__init__()
-        self.shift_size = shift_size
-        self.w_msa = WindowMSA(dim, num_heads, window_size, qkv_bias, attn_drop, proj_drop)
-
-    def forward(self, x: Tensor, shift_mask: Tensor | None) -> Tensor:
-        """x: (B, H, W, C); shift_mask: (nW, N, N) of the padded map (used when shifting)."""
-        return self.w_msa(x, self.shift_size, shift_mask)
-
-
 class FFN(nn.Module):
     """Linear-GELU-Dropout-Linear-Dropout, named ``layers.0.0`` / ``layers.1`` as in mmcv."""
 
@@ -220,9 +100,16 @@ class SwinBlock(nn.Module):
         self.ffn = FFN(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, shift_mask: Tensor | None) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), shift_mask))
-        return x + self.drop_path(self.ffn(self.norm2(x)))
+    def forward(self, x: Tensor, size: tuple[int, int, int], shift_mask: Tensor | None) -> Tensor:
+        """x: (B * H * W, C) tokens of a (B, H, W) map -> the same shape."""
+        x = x + self._drop_path(self.attn(self.norm1(x), size, shift_mask), size[0])
+        return x + self._drop_path(self.ffn(self.norm2(x)), size[0])
+
+    def _drop_path(self, y: Tensor, batch: int) -> Tensor:
+        """Stochastic depth drops whole samples, so it needs the batch axis of the 2-D tokens."""
+        if isinstance(self.drop_path, nn.Identity):
+            return y
+        return self.drop_path(y.view(batch, -1, y.shape[-1])).view(y.shape)
 
 
 class SwinStage(nn.Module):
@@ -242,14 +129,15 @@ class SwinStage(nn.Module):
         self._shift_masks: dict[tuple[int, int, torch.device], Tensor] = {}
 
     def shift_mask(self, hp: int, wp: int, device: torch.device) -> Tensor:
-        """The (cached) SW-MSA mask of a padded (hp, wp) map, see :func:`shift_window_mask`."""
+        """The (cached) SW-MSA mask of a padded (hp, wp) map, see :func:`shift_window_mask`, with a
+        head axis: (nW, 1, N, N), ready to add to the (nH, N, N) position bias."""
         ws = self.window_size
         if torch.compiler.is_compiling():  # traced once into the graph; no Python-side cache there
-            return shift_window_mask(hp, wp, ws, ws // 2, device)
+            return shift_window_mask(hp, wp, ws, ws // 2, device)[:, None]
         key = (hp, wp, device)
         mask = self._shift_masks.get(key)
         if mask is None:
-            mask = self._shift_masks[key] = shift_window_mask(hp, wp, ws, ws // 2, device)
+            mask = self._shift_masks[key] = shift_window_mask(hp, wp, ws, ws // 2, device)[:, None]
         return mask
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -257,11 +145,14 @@ class SwinStage(nn.Module):
         ws = self.window_size
         hp, wp = x.shape[1] + (-x.shape[1]) % ws, x.shape[2] + (-x.shape[2]) % ws
         mask = self.shift_mask(hp, wp, x.device) if len(self.blocks) > 1 else None
+        size = tuple(x.shape[:3])
+        tokens = x.reshape(-1, x.shape[3])  # 2-D between the blocks (see WindowMSA.forward)
         for block in self.blocks:
             if self.use_checkpoint and torch.is_grad_enabled():
-                x = checkpoint(block, x, mask, use_reentrant=False)
+                tokens = checkpoint(block, tokens, size, mask, use_reentrant=False)
             else:
-                x = block(x, mask)
+                tokens = block(tokens, size, mask)
+        x = tokens.view(x.shape)
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 
@@ -391,8 +282,9 @@ class SwinTransformer(nn.Module):
         for i, stage in enumerate(self.stages):
             out, tokens = stage(tokens)
             if film is not None and i < len(self.stages) - 1:
-                scale = F.softplus(self.semantic_embed_w[i](film))[:, None, None, :]
-                tokens = tokens * scale + self.semantic_embed_b[i](film)[:, None, None, :]
+                per_sample = (-1, 1, 1, tokens.shape[-1])  # one view, not two unsqueezes
+                scale = F.softplus(self.semantic_embed_w[i](film)).view(per_sample)
+                tokens = tokens * scale + self.semantic_embed_b[i](film).view(per_sample)
             outs.append(out)
         return outs
 

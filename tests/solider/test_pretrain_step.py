@@ -12,8 +12,15 @@ from solider.config import load_config
 from solider.dino import DINOLoss
 from solider.pretrain import build_networks
 from solider.pretrain_config import PretrainConfig
-from solider.pretrain_step import SemanticSettings, solider_step
-from solider.semantic_supervision import part_classification_loss
+from solider.pretrain_step import SemanticSettings, semantic_weights, solider_step, teacher_pass
+from solider.semantic_supervision import (
+    cluster_part_labels,
+    combine_part_labels,
+    expand_to_crops,
+    keypoint_part_labels,
+    part_classification_loss,
+    to_crop_major,
+)
 
 
 def _tiny_cfg() -> PretrainConfig:
@@ -175,3 +182,31 @@ def test_semantic_settings_are_the_semantic_section_by_name():
     for name in SemanticSettings._fields:
         expected = False if name == "static_shapes" else getattr(cfg.semantic, name)
         assert getattr(settings, name) == expected, name
+
+
+@pytest.mark.parametrize("label_source", ["auto", "clustering", "keypoints"])
+def test_one_teacher_forward_gives_the_two_passes_labels_and_targets(label_source):
+    """Clustering map (λ = 1) and DINO targets (per-image λ) from one forward over both copies equal
+    the two separate passes: labels exactly, targets to float32 summation order."""
+    torch.manual_seed(0)
+    _, teacher = build_networks(_tiny_cfg())
+    batch, settings = _batch(), SemanticSettings(label_source=label_source, weight_mode="uniform")
+    globals_ = to_crop_major(batch["global_crops"])
+    lam_g = expand_to_crops(semantic_weights(batch["index"], 3, 0, settings), 2)
+    targets, parts = teacher_pass(batch, globals_, lam_g, teacher, settings)
+
+    with torch.no_grad():
+        separate_targets = teacher([globals_], [lam_g]).head
+        kpts = None
+        if label_source != "clustering":
+            kpts = keypoint_part_labels(to_crop_major(batch["global_keypoints"]), (64, 32), grid=(8, 4),
+                                        num_parts=3)  # two stages: an 8 x 4 map
+        clusters = None
+        if label_source != "keypoints":
+            clusters = cluster_part_labels(teacher.backbone.forward_features(globals_, 1.0), num_parts=3)
+    expected = combine_part_labels(kpts, clusters)
+    torch.testing.assert_close(targets, separate_targets, atol=1e-5, rtol=1e-5)
+    assert torch.equal(parts.labels, expected.labels) and torch.equal(parts.valid, expected.valid)
+    assert torch.equal(parts.source, expected.source)
+    used = set(parts.source.tolist()) - {0}  # 0: no label (an unclusterable random map)
+    assert used == {"auto": {1, 2}, "clustering": {2}, "keypoints": {1}}[label_source]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from solider.models.swin import ARCHS, biased_attention, build_swin, relative_position_index, resolve_arch
+from solider.models.swin import ARCHS, build_swin, resolve_arch
+from solider.models.window_attention import relative_position_index
 from tests.reference.naive_swin import naive_swin
 from tests.reference.official_swin_keys import RELEASED, official_backbone_keys, read_key_list
 
@@ -170,17 +171,18 @@ def test_every_parameter_gets_a_gradient_except_the_dead_pair():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in plain.parameters())
 
 
-def test_fused_and_explicit_attention_agree():
-    q, k, v = (torch.randn(2, 6, 49, 8, requires_grad=True) for _ in range(3))
-    bias = torch.randn(6, 49, 49).masked_fill(torch.rand(6, 49, 49) < 0.3, -100.0).requires_grad_()
-    outs, grads = [], []
-    for fused in (True, False):
-        out = biased_attention(q, k, v, bias, fused=fused)
-        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v, bias)))
-        outs.append(out)
-    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+def test_drop_path_drops_whole_samples_of_the_token_rows():
+    """Tokens are (B * H * W, C) rows between the blocks; stochastic depth must still keep or drop
+    each sample's rows together, scaled by 1 / keep."""
+    model = build_swin(TINY, drop_path_rate=0.7).train()
+    block = model.stages[2].blocks[1]  # the sixth of eight blocks: drop probability 0.5
+    keep = 1 - block.drop_path.drop_prob
+    assert keep == pytest.approx(0.5)
+    torch.manual_seed(0)
+    rows = block._drop_path(torch.ones(16 * 12, 5), 16).view(16, 12, 5)
+    per_sample = rows[:, :1, :1]
+    assert torch.equal(rows, per_sample.expand_as(rows))  # one value per sample
+    assert set(per_sample.flatten().tolist()) == {0.0, 2.0}
 
 
 def test_drop_path_is_linear_over_all_blocks():
@@ -259,7 +261,7 @@ def test_onnx_export_with_dynamic_batch(tmp_path):
 
 
 def test_shift_masks_are_cached_per_geometry_and_weights_are_not():
-    from solider.models.swin import shift_window_mask
+    from solider.models.window_attention import shift_window_mask
 
     torch.manual_seed(0)
     model = build_swin({"embed_dim": 16, "depths": (2, 2), "num_heads": (1, 2), "window_size": 7},
@@ -268,7 +270,7 @@ def test_shift_masks_are_cached_per_geometry_and_weights_are_not():
     first = model(x)
     stage = model.stages[0]
     (key, mask), = stage._shift_masks.items()
-    assert torch.equal(mask, shift_window_mask(key[0], key[1], 7, 3, x.device))
+    assert torch.equal(mask, shift_window_mask(key[0], key[1], 7, 3, x.device)[:, None])  # (nW, 1, N, N)
     assert stage.shift_mask(*key) is mask  # a hit: the same tensor, nothing rebuilt
     model(torch.randn(1, 3, 32, 16))  # another geometry adds an entry
     assert len(stage._shift_masks) == 2
