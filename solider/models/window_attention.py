@@ -82,17 +82,14 @@ class WindowMSA(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def attention_bias(self, num_windows: int, shift_mask: Tensor | None) -> Tensor:
-        """Relative position bias (+ shift mask) for every (window, head): (nW * nH, N, N).
-
-        ``shift_mask``: (nW, 1, N, N), as :meth:`SwinStage.shift_mask` caches it."""
-        n = self.window_size**2
+    def attention_bias(self, shift_mask: Tensor | None) -> Tensor:
+        """Relative position bias (+ shift mask): (nH, N, N) for plain windows, which every window
+        shares (no copy per window), or (nW * nH, N, N) with the (nW, 1, N, N) ``shift_mask``
+        that :meth:`SwinStage.shift_mask` caches."""
         bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)  # (nH, N, N)
         if shift_mask is None:
-            bias = bias.expand(num_windows, -1, -1, -1)
-        else:
-            bias = bias + shift_mask
-        return bias.reshape(num_windows * self.num_heads, n, n)
+            return bias
+        return (bias + shift_mask).flatten(0, 1)
 
     def forward(self, x: Tensor, size: tuple[int, int, int], shift: int = 0,
                 shift_mask: Tensor | None = None) -> Tensor:
@@ -121,12 +118,12 @@ class WindowMSA(nn.Module):
         if shift:
             qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(1, 2))
         hp, wp = qkv.shape[1], qkv.shape[2]
-        # Windows and heads share SDPA's "head" axis so that the (nW * nH, N, N) bias broadcasts
-        # over the batch without being materialised per sample.
+        # Rows are (sample, window, head) windows: a (nW * nH, N, N) shifted bias broadcasts over the
+        # samples and a plain (nH, N, N) one over samples and windows, none materialised per row.
         nh, nw = hp // ws, wp // ws
         q, k, v = rearrange(qkv, "b (nh wh) (nw ww) (t h d) -> t (b nh nw h) (wh ww) d",
                             wh=ws, ww=ws, t=3, h=self.num_heads).unbind(0)
-        bias = self.attention_bias(nh * nw, shift_mask if shift else None).to(q.dtype)
+        bias = self.attention_bias(shift_mask if shift else None).to(q.dtype)
         out = biased_attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
         if not (shift or pad_b or pad_r):  # windows straight back to row-major tokens
             out = rearrange(out, "(b nh nw h) (wh ww) d -> (b nh wh nw ww) (h d)",

@@ -16,6 +16,8 @@ from solider.semantic_supervision import (
     SOURCE_CLUSTERING,
     SOURCE_KEYPOINTS,
     SOURCE_NONE,
+    _kmeans_pp,
+    _lloyd,
     choose_part,
     cluster_part_labels,
     combine_part_labels,
@@ -101,6 +103,24 @@ def test_agreement_with_sklearn_reference_on_random_structured_maps():
     assert np.array_equal(ours_valid.numpy(), ref_valid) and ref_valid.all()
     agreement = float((ours.numpy() == ref).mean())
     assert agreement >= 0.95, agreement
+
+
+@pytest.mark.parametrize("check_every", [3, 8])
+def test_lloyd_checked_every_few_iterations_gives_the_same_clusters(check_every):
+    """An accelerator reads convergence every few Lloyd iterations (fewer host syncs); a converged
+    assignment is a fixed point, so labels and inertia equal those of a check after every one."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 32, 24, generator=g)  # no structure: converges after 3 iterations
+    x = x - x.mean(dim=1, keepdim=True)
+    gram = x @ x.transpose(1, 2)
+    mask = torch.rand(16, 32, generator=g) < 0.8
+    seeds = _kmeans_pp(gram, mask, 3, 10, torch.Generator().manual_seed(0))
+    every = _lloyd(gram, mask, seeds, 100, check_every=1)
+    every_k = _lloyd(gram, mask, seeds, 100, check_every)
+    assert torch.equal(every[0], every_k[0]) and torch.equal(every[1], every_k[1])
+    capped = _lloyd(gram, mask, seeds, 2, check_every=1), _lloyd(gram, mask, seeds, 2, check_every)
+    assert torch.equal(capped[0][0], capped[1][0])  # the cap stops both at the same iteration
+    assert not torch.equal(capped[0][0], every[0])  # ... before convergence here
 
 
 @pytest.mark.parametrize("num_parts", [4, 5])
