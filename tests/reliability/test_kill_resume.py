@@ -122,15 +122,15 @@ def test_pretrain_killed_inside_the_final_save_rewrites_last_pt(pretrain_market,
 @pytest.mark.slow
 def test_finetune_killed_while_saving_best_resumes_and_rewrites_it(finetune_market, finetune_reference,
                                                                    tmp_path):
-    # Renames: step_5, last@5, last@8, step_10, last@10, step_15, last@15, then best.pt at the first
-    # evaluation (step 16) is rename 8: the process dies with best.pt half-made.
+    # Renames: step_5, last@5, last@8, step_10, last@10, step_15, last@15, last@16 (saved before the
+    # first evaluation, at step 16), then best.pt is rename 9: the process dies with best.pt half-made.
     out = tmp_path / "run"
     args = finetune_args(finetune_market, out, *FINETUNE)
-    proc = start("finetune", args, out, subprocess_env(kill_at_save=8))
+    proc = start("finetune", args, out, subprocess_env(kill_at_save=9))
     assert proc.wait(300) == -9, log_tail(out)
     assert [f.split(".pt.")[0] for f in temp_files(out)] == [".best"]
     assert not (out / "checkpoints" / "best.pt").exists()
-    assert resume_and_check("finetune", args, out) == ("last.pt", 15)
+    assert resume_and_check("finetune", args, out) == ("last.pt", 16)  # the unfinished evaluation runs again
     assert assert_same_run(finetune_reference.result(), out, ("last.pt", "best.pt")) > 50
 
 
