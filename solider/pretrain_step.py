@@ -135,7 +135,7 @@ def teacher_pass(batch: dict, globals_: Tensor, lam_g: Tensor, teacher: MultiCro
                                                  torch.cat([torch.ones_like(lam_g), lam_g]))
         from_clusters = cluster_part_labels(fmap[:n].float(), num_parts=settings.num_parts,
                                             min_foreground=settings.min_foreground)
-        teacher_out = teacher.head(fmap[n:].mean(dim=(2, 3)))
+        teacher_out = teacher.head(fmap[n:].mean(dim=(2, 3)))  # pooled as MultiCropNet.forward pools
     else:
         teacher_out = teacher([globals_], [lam_g]).head
     if from_kpts is None and from_clusters is None:  # label_source="keypoints" and none in the batch

@@ -132,12 +132,12 @@ class SwinStage(nn.Module):
         """The (cached) SW-MSA mask of a padded (hp, wp) map, see :func:`shift_window_mask`, with a
         head axis: (nW, 1, N, N), ready to add to the (nH, N, N) position bias."""
         ws = self.window_size
-        if torch.compiler.is_compiling():  # traced once into the graph; no Python-side cache there
-            return shift_window_mask(hp, wp, ws, ws // 2, device)[:, None]
         key = (hp, wp, device)
-        mask = self._shift_masks.get(key)
+        mask = None if torch.compiler.is_compiling() else self._shift_masks.get(key)
         if mask is None:
-            mask = self._shift_masks[key] = shift_window_mask(hp, wp, ws, ws // 2, device)[:, None]
+            mask = shift_window_mask(hp, wp, ws, ws // 2, device)[:, None]
+            if not torch.compiler.is_compiling():  # traced once into the graph; no Python-side cache there
+                self._shift_masks[key] = mask
         return mask
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
